@@ -1,0 +1,36 @@
+# normrepro: `make demo` and `make test` install into .venv when needed, then run.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export TORCHINDUCTOR_CACHE_DIR := $(CURDIR)/.cache/torchinductor
+export MPLBACKEND := Agg
+
+.PHONY: install demo test test-all tables bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip >/dev/null
+	$(PY) -m pip install -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## the main job on the embedded default data (CPU, a few minutes)
+demo: install
+	$(PY) scripts/demo.py
+
+## the default test suite (slow tests excluded)
+test: install
+	$(PY) -m pytest -m "not slow" -q
+
+## every test, slow ones included
+test-all: install
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf outputs multirun .pytest_cache .cache
+
+## aggregate every sweep under multirun/ into results/tables.md/.csv
+tables: install
+	$(PY) -m normrepro.report multirun/*/* --out results/tables

@@ -1,0 +1,14 @@
+"""Train one model: ``python train.py norm=l1 precision=fp16``; sweep: ``python train.py -m norm=l2,l1 seed=0,1,2``."""
+import hydra
+from omegaconf import DictConfig
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def main(cfg: DictConfig) -> float | None:
+    from normrepro.cli import main as run
+
+    return run(cfg)
+
+
+if __name__ == "__main__":
+    main()
