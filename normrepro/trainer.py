@@ -186,12 +186,12 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict:
             status = "diverged"
             log.warning("training loss is %s at epoch %d: stopping (status=diverged)", row["train_loss"], epoch + 1)
             break
+        metrics.write(status="running")
         if tc.checkpoint:
             save_checkpoint(ckpt_path, {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch + 1,
                 "history": metrics.history, "rng": rng_state(), "config": resolved})
-        metrics.write(status="running")
 
     result = metrics.write(status=status)
     logger.log_final(result["final"])

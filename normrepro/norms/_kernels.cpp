@@ -1,17 +1,23 @@
 // CPU kernels of normrepro's Lp batch norms (float32 and float64).
 //
 // Built on first use by normrepro/norms/_native.py (g++ -O3 -march=native -fopenmp, no torch headers)
-// and called through ctypes. Pure C ABI: pointers, sizes, per-channel arrays.
+// and called through ctypes: a plain C ABI of pointers, sizes and per-channel arrays.
 //
 // A tensor is seen as (A, C, B), element (a, c, b) at offset (a*C + c)*B + b:
-//   NCHW contiguous  -> A = N,       B = H*W   ("planar": each channel is A runs of B contiguous values)
-//   channels_last    -> A = N*H*W,   B = 1     ("rows": each row holds the C channels side by side)
+//   NCHW contiguous  -> A = N,       B = H*W   ("planar": a channel is A runs of B contiguous values)
+//   channels_last    -> A = N*H*W,   B = 1     ("rows": a row holds the C channels side by side)
 //   (N, C)           -> A = N,       B = 1
-// The index of an element inside its channel is i = a*B + b, 0 <= i < n = A*B.
+// The index of a value inside its channel is i = a*B + b, 0 <= i < n = A*B.
 //
-// Sums of float32 data are accumulated in float over short blocks (vectorised) and in double across
-// blocks. Every kernel is parallel over channels (planar) or over row ranges (rows) with OpenMP,
-// using `nt` threads (the caller passes torch.get_num_threads()).
+// Work is done per channel group, on a 2-D view of A rows by L columns (element (a, j) at p[a*rs + j],
+// column j belonging to the group's channel j / B): planar tensors one channel at a time (L = B,
+// rs = C*B), row tensors in blocks of CB channels (L = CB, B = 1, rs = C), CB chosen so that a block
+// of x and dy fits in the L2 cache. The fused kernels (nr_fwd, nr_bwd) make all their passes over a
+// group before moving on, so the second and third passes read the cache, not memory.
+//
+// Sums of float32 data are accumulated in float over short row blocks (vectorised) and in double
+// across blocks. Groups run in parallel with OpenMP on `nt` threads (the caller passes
+// torch.get_num_threads()).
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -25,158 +31,215 @@ typedef int64_t i64;
 
 namespace {
 
-const i64 kBlock = 512;    // planar: values summed in T before being added to the double total
-const i64 kRowBlock = 64;  // rows: rows summed in T before being added to the double totals
-const i64 kSerial = 1 << 15;  // fewer elements than this: one thread
+const i64 kRowBlock = 64;              // rows summed in T before being added to the double totals
+const i64 kSerial = 1 << 15;           // fewer elements than this: one thread
+const i64 kCacheBytes = 384 * 1024;    // target bytes of one row-layout channel block (per tensor)
 
-inline int threads_for(int nt, i64 numel) {
-  if (nt < 1 || numel < kSerial) return 1;
-  return nt;
-}
+inline int threads_for(int nt, i64 numel) { return (nt < 1 || numel < kSerial) ? 1 : nt; }
 
-inline int thread_id() {
-#ifdef _OPENMP
-  return omp_get_thread_num();
-#else
-  return 0;
-#endif
-}
+// ---------------------------------------------------------------- channel groups
+struct Geometry {
+  i64 A, C, B;  // the tensor as (A, C, B)
+  i64 CB;       // rows layout: channels per group
+  i64 groups;
+  Geometry(i64 A_, i64 C_, i64 B_, int nt, i64 elem) : A(A_), C(C_), B(B_), CB(1) {
+    if (B > 1) {
+      groups = C;
+      return;
+    }
+    CB = kCacheBytes / std::max<i64>(1, A * elem);
+    CB = std::max<i64>(16, CB / 16 * 16);
+    if (nt > 1) CB = std::min(CB, std::max<i64>(16, (C / nt + 15) / 16 * 16));
+    CB = std::min(CB, C);
+    groups = (C + CB - 1) / CB;
+  }
+  i64 c0(i64 g) const { return B > 1 ? g : g * CB; }
+  i64 nch(i64 g) const { return B > 1 ? 1 : std::min(CB, C - g * CB); }
+  i64 offset(i64 g) const { return B > 1 ? g * B : g * CB; }  // of element (0, c0, 0)
+  i64 rs() const { return C * B; }
+  i64 cols(i64 g) const { return nch(g) * B; }
+};
 
-// Contiguous row range [r0, r1) of thread t out of nt over A rows.
-inline void row_range(i64 A, int t, int nt, i64* r0, i64* r1) {
-  i64 per = (A + nt - 1) / nt;
-  *r0 = std::min(A, per * t);
-  *r1 = std::min(A, *r0 + per);
-}
-
-// ---------------------------------------------------------------- per-channel mean
+// Scratch buffers of one thread, grown on demand.
 template <typename T>
-void mean_kernel(const T* __restrict__ x, i64 A, i64 C, i64 B, T* __restrict__ mu, int nt) {
-  const i64 n = A * B;
-  nt = threads_for(nt, A * C * B);
-  if (B > 1) {
-#pragma omp parallel for schedule(static) num_threads(nt)
-    for (i64 c = 0; c < C; ++c) {
-      double tot = 0;
-      for (i64 a = 0; a < A; ++a) {
-        const T* __restrict__ p = x + (a * C + c) * B;
-        for (i64 b0 = 0; b0 < B; b0 += kBlock) {
-          const i64 e = std::min(B, b0 + kBlock);
-          T s = 0;
-          for (i64 b = b0; b < e; ++b) s += p[b];
-          tot += s;
-        }
-      }
-      mu[c] = T(tot / double(n));
-    }
-    return;
+struct Scratch {
+  std::vector<T> t0, t1, t2, t3, t4, pc;  // pc: per-channel coefficients of the fused kernels
+  std::vector<double> d0, d1;
+  std::vector<i64> iv;
+  T* get(std::vector<T>& v, size_t n) {
+    if (v.size() < n) v.resize(n);
+    return v.data();
   }
-  std::vector<double> acc(size_t(nt) * C, 0.0);
-  std::vector<T> tmp(size_t(nt) * C);
-#pragma omp parallel num_threads(nt)
-  {
-    const int t = thread_id();
-    i64 r0, r1;
-    row_range(A, t, nt, &r0, &r1);
-    double* __restrict__ at = acc.data() + size_t(t) * C;
-    T* __restrict__ tt = tmp.data() + size_t(t) * C;
-    for (i64 r = r0; r < r1; r += kRowBlock) {
-      const i64 e = std::min(r1, r + kRowBlock);
-      std::fill(tt, tt + C, T(0));
-      for (i64 q = r; q < e; ++q) {
-        const T* __restrict__ p = x + q * C;
-        for (i64 c = 0; c < C; ++c) tt[c] += p[c];
-      }
-      for (i64 c = 0; c < C; ++c) at[c] += tt[c];
-    }
+  double* getd(std::vector<double>& v, size_t n) {
+    if (v.size() < n) v.resize(n);
+    return v.data();
   }
-  for (i64 c = 0; c < C; ++c) {
-    double tot = 0;
-    for (int t = 0; t < nt; ++t) tot += acc[size_t(t) * C + c];
-    mu[c] = T(tot / double(n));
+};
+
+// ---------------------------------------------------------------- reductions over a view
+// Per channel of the view (nch = L / B): mean of x.
+template <typename T>
+void view_mean(const T* __restrict__ p, i64 rs, i64 A, i64 L, i64 B, T* __restrict__ mu, Scratch<T>& S) {
+  T* __restrict__ cb = S.get(S.t0, L);
+  double* __restrict__ cd = S.getd(S.d0, L);
+  std::fill(cd, cd + L, 0.0);
+  for (i64 a0 = 0; a0 < A; a0 += kRowBlock) {
+    const i64 a1 = std::min(A, a0 + kRowBlock);
+    std::fill(cb, cb + L, T(0));
+    for (i64 a = a0; a < a1; ++a) {
+      const T* __restrict__ r = p + a * rs;
+      for (i64 j = 0; j < L; ++j) cb[j] += r[j];
+    }
+    for (i64 j = 0; j < L; ++j) cd[j] += cb[j];
+  }
+  const double n = double(A * B);
+  for (i64 ch = 0; ch < L / B; ++ch) {
+    double s = 0;
+    for (i64 b = 0; b < B; ++b) s += cd[ch * B + b];
+    mu[ch] = T(s / n);
   }
 }
 
-// ---------------------------------------------------------------- L1: sum|x-mu|, sum sign(x-mu), max|x-mu|
+// Per channel: sum |x - mu|, sum sign(x - mu) and (kMax) max |x - mu|.
 template <typename T, bool kMax>
-void l1_kernel(const T* __restrict__ x, i64 A, i64 C, i64 B, const T* __restrict__ mu, T* __restrict__ sum_abs,
-               T* __restrict__ sum_sign, T* __restrict__ max_abs, int nt) {
-  nt = threads_for(nt, A * C * B);
-  if (B > 1) {
-#pragma omp parallel for schedule(static) num_threads(nt)
-    for (i64 c = 0; c < C; ++c) {
-      const T m = mu[c];
-      double ta = 0, ts = 0;
-      T mx = 0;
-      for (i64 a = 0; a < A; ++a) {
-        const T* __restrict__ p = x + (a * C + c) * B;
-        for (i64 b0 = 0; b0 < B; b0 += kBlock) {
-          const i64 e = std::min(B, b0 + kBlock);
-          T sa = 0, ss = 0, sm = 0;
-          for (i64 b = b0; b < e; ++b) {
-            const T d = p[b] - m;
-            sa += std::abs(d);
-            ss += (d > T(0) ? T(1) : T(0)) - (d < T(0) ? T(1) : T(0));
-            if (kMax) sm = std::max(sm, std::abs(d));
-          }
-          ta += sa;
-          ts += ss;
-          if (kMax) mx = std::max(mx, sm);
-        }
-      }
-      sum_abs[c] = T(ta);
-      sum_sign[c] = T(ts);
-      if (kMax) max_abs[c] = mx;
-    }
-    return;
-  }
-  std::vector<double> acc(size_t(nt) * 2 * C, 0.0);
-  std::vector<T> tmp(size_t(nt) * 3 * C);
-#pragma omp parallel num_threads(nt)
-  {
-    const int t = thread_id();
-    i64 r0, r1;
-    row_range(A, t, nt, &r0, &r1);
-    double* __restrict__ aa = acc.data() + size_t(t) * 2 * C;
-    double* __restrict__ as = aa + C;
-    T* __restrict__ ta = tmp.data() + size_t(t) * 3 * C;
-    T* __restrict__ ts = ta + C;
-    T* __restrict__ tm = ts + C;
-    std::fill(tm, tm + C, T(0));
-    for (i64 r = r0; r < r1; r += kRowBlock) {
-      const i64 e = std::min(r1, r + kRowBlock);
-      std::fill(ta, ta + C, T(0));
-      std::fill(ts, ts + C, T(0));
-      for (i64 q = r; q < e; ++q) {
-        const T* __restrict__ p = x + q * C;
-        for (i64 c = 0; c < C; ++c) {
-          const T d = p[c] - mu[c];
-          ta[c] += std::abs(d);
-          ts[c] += (d > T(0) ? T(1) : T(0)) - (d < T(0) ? T(1) : T(0));
-          if (kMax) tm[c] = std::max(tm[c], std::abs(d));
-        }
-      }
-      for (i64 c = 0; c < C; ++c) {
-        aa[c] += ta[c];
-        as[c] += ts[c];
+void view_l1(const T* __restrict__ p, i64 rs, i64 A, i64 L, i64 B, const T* __restrict__ mu,
+             T* __restrict__ sum_abs, T* __restrict__ sum_sign, T* __restrict__ max_abs, Scratch<T>& S) {
+  T* __restrict__ me = S.get(S.t0, L);
+  T* __restrict__ ca = S.get(S.t1, L);
+  T* __restrict__ cs = S.get(S.t2, L);
+  T* __restrict__ cm = S.get(S.t3, L);
+  double* __restrict__ da = S.getd(S.d0, L);
+  double* __restrict__ ds = S.getd(S.d1, L);
+  for (i64 j = 0; j < L; ++j) me[j] = mu[j / B];
+  std::fill(da, da + L, 0.0);
+  std::fill(ds, ds + L, 0.0);
+  std::fill(cm, cm + L, T(0));
+  for (i64 a0 = 0; a0 < A; a0 += kRowBlock) {
+    const i64 a1 = std::min(A, a0 + kRowBlock);
+    std::fill(ca, ca + L, T(0));
+    std::fill(cs, cs + L, T(0));
+    for (i64 a = a0; a < a1; ++a) {
+      const T* __restrict__ r = p + a * rs;
+      for (i64 j = 0; j < L; ++j) {
+        const T d = r[j] - me[j];
+        const T ad = std::abs(d);
+        ca[j] += ad;
+        cs[j] += (d > T(0) ? T(1) : T(0)) - (d < T(0) ? T(1) : T(0));
+        if (kMax) cm[j] = cm[j] > ad ? cm[j] : ad;
       }
     }
+    for (i64 j = 0; j < L; ++j) {
+      da[j] += ca[j];
+      ds[j] += cs[j];
+    }
   }
-  for (i64 c = 0; c < C; ++c) {
+  for (i64 ch = 0; ch < L / B; ++ch) {
     double sa = 0, ss = 0;
     T mx = 0;
-    for (int t = 0; t < nt; ++t) {
-      sa += acc[size_t(t) * 2 * C + c];
-      ss += acc[size_t(t) * 2 * C + C + c];
-      if (kMax) mx = std::max(mx, tmp[size_t(t) * 3 * C + 2 * C + c]);
+    for (i64 b = 0; b < B; ++b) {
+      sa += da[ch * B + b];
+      ss += ds[ch * B + b];
+      if (kMax) mx = std::max(mx, cm[ch * B + b]);
     }
-    sum_abs[c] = T(sa);
-    sum_sign[c] = T(ss);
-    if (kMax) max_abs[c] = mx;
+    sum_abs[ch] = T(sa);
+    sum_sign[ch] = T(ss);
+    if (kMax) max_abs[ch] = mx;
   }
 }
 
-// ---------------------------------------------------------------- top-k of |x-mu| per channel
+// Per channel: sum dy and (when x is given) sum dy * (x - mu).
+template <typename T>
+void view_grad_sums(const T* __restrict__ px, const T* __restrict__ pg, i64 rs, i64 A, i64 L, i64 B,
+                    const T* __restrict__ mu, T* __restrict__ sum_dy, T* __restrict__ sum_dyd, Scratch<T>& S) {
+  const bool with_x = px != nullptr;
+  T* __restrict__ me = S.get(S.t0, L);
+  T* __restrict__ c1 = S.get(S.t1, L);
+  T* __restrict__ c2 = S.get(S.t2, L);
+  double* __restrict__ d1 = S.getd(S.d0, L);
+  double* __restrict__ d2 = S.getd(S.d1, L);
+  for (i64 j = 0; j < L; ++j) me[j] = with_x ? mu[j / B] : T(0);
+  std::fill(d1, d1 + L, 0.0);
+  std::fill(d2, d2 + L, 0.0);
+  for (i64 a0 = 0; a0 < A; a0 += kRowBlock) {
+    const i64 a1 = std::min(A, a0 + kRowBlock);
+    std::fill(c1, c1 + L, T(0));
+    std::fill(c2, c2 + L, T(0));
+    for (i64 a = a0; a < a1; ++a) {
+      const T* __restrict__ g = pg + a * rs;
+      if (with_x) {
+        const T* __restrict__ r = px + a * rs;
+        for (i64 j = 0; j < L; ++j) {
+          c1[j] += g[j];
+          c2[j] += g[j] * (r[j] - me[j]);
+        }
+      } else {
+        for (i64 j = 0; j < L; ++j) c1[j] += g[j];
+      }
+    }
+    for (i64 j = 0; j < L; ++j) {
+      d1[j] += c1[j];
+      d2[j] += c2[j];
+    }
+  }
+  for (i64 ch = 0; ch < L / B; ++ch) {
+    double s1 = 0, s2 = 0;
+    for (i64 b = 0; b < B; ++b) {
+      s1 += d1[ch * B + b];
+      s2 += d2[ch * B + b];
+    }
+    sum_dy[ch] = T(s1);
+    if (with_x) sum_dyd[ch] = T(s2);
+  }
+}
+
+// ---------------------------------------------------------------- elementwise passes over a view
+// y = (x - mu)*scale + shift per channel
+template <typename T>
+void view_affine(const T* __restrict__ px, T* __restrict__ py, i64 rs, i64 A, i64 L, i64 B,
+                 const T* __restrict__ mu, const T* __restrict__ scale, const T* __restrict__ shift, Scratch<T>& S) {
+  T* __restrict__ me = S.get(S.t0, L);
+  T* __restrict__ sc = S.get(S.t1, L);
+  T* __restrict__ sh = S.get(S.t2, L);
+  for (i64 j = 0; j < L; ++j) {
+    me[j] = mu[j / B];
+    sc[j] = scale[j / B];
+    sh[j] = shift[j / B];
+  }
+  for (i64 a = 0; a < A; ++a) {
+    const T* __restrict__ r = px + a * rs;
+    T* __restrict__ o = py + a * rs;
+    for (i64 j = 0; j < L; ++j) o[j] = (r[j] - me[j]) * sc[j] + sh[j];
+  }
+}
+
+// dx = ca*dy + ck*sign(x - mu) + c0 per channel
+template <typename T>
+void view_l1_dx(const T* __restrict__ px, const T* __restrict__ pg, T* __restrict__ pd, i64 rs, i64 A, i64 L,
+                i64 B, const T* __restrict__ mu, const T* __restrict__ ca, const T* __restrict__ ck,
+                const T* __restrict__ c0, Scratch<T>& S) {
+  T* __restrict__ me = S.get(S.t0, L);
+  T* __restrict__ va = S.get(S.t1, L);
+  T* __restrict__ vk = S.get(S.t2, L);
+  T* __restrict__ v0 = S.get(S.t3, L);
+  for (i64 j = 0; j < L; ++j) {
+    me[j] = mu[j / B];
+    va[j] = ca[j / B];
+    vk[j] = ck[j / B];
+    v0[j] = c0[j / B];
+  }
+  for (i64 a = 0; a < A; ++a) {
+    const T* __restrict__ r = px + a * rs;
+    const T* __restrict__ g = pg + a * rs;
+    T* __restrict__ o = pd + a * rs;
+    for (i64 j = 0; j < L; ++j) {
+      const T d = r[j] - me[j];
+      const T sg = (d > T(0) ? T(1) : T(0)) - (d < T(0) ? T(1) : T(0));
+      o[j] = va[j] * g[j] + vk[j] * sg + v0[j];
+    }
+  }
+}
+
+// ---------------------------------------------------------------- top-k of |x - mu| per channel
 // A list of at most k entries sorted by |d| descending; among equal |d| the earlier index comes first.
 template <typename T>
 struct TopList {
@@ -187,10 +250,6 @@ struct TopList {
   int k;
   T thr;    // an |d| must exceed this to enter: -1 while the list is not full, then av[k-1]
 
-  void reset() {
-    cnt = 0;
-    thr = T(-1);
-  }
   inline void insert(T a, T d, i64 idx) {
     int pos = cnt < k ? cnt : k - 1;
     while (pos > 0 && av[pos - 1] < a) {
@@ -205,446 +264,268 @@ struct TopList {
     if (cnt < k) ++cnt;
     thr = cnt == k ? av[k - 1] : T(-1);
   }
+  void finish() {  // entries a channel cannot fill (NaN input): index 0, NaN deviation
+    for (int j = cnt; j < k; ++j) {
+      dv[j] = T(NAN);
+      iv[j] = 0;
+    }
+  }
 };
-
-// out_dev[c*k + j]: the signed x - mu of the j-th largest |x - mu| of channel c; out_idx its index inside
-// the channel. Ties go to the smaller index. Entries a channel cannot fill (NaN input) get index 0 and NaN.
-//
-// Three phases, each about one vectorised pass or less:
-// (1) split each channel into "blocks" (a few hundred to a thousand per channel) and take each block's
-//     max |x - mu| (bm);
-// (2) t = the k-th largest distinct block max of the channel: k blocks hold a value >= t, so the k-th
-//     largest value is >= t, and every value >= t lies in a block with bm >= t;
-// (3) scan the parts holding such blocks in index order, inserting the values >= t into a sorted list.
-// Planar layout with runs of B >= 64: blocks are the vector lanes of contiguous chunks of a run.
-// Otherwise ("rows": channels_last, (N, C), planar with short runs) the data is a matrix of A rows of C*B
-// columns and a block is a column over R consecutive rows.
-typedef int64_t i64;
-
-template <typename T>
-struct VecT;
-template <>
-struct VecT<float> {
-  typedef float type __attribute__((vector_size(32)));
-};
-template <>
-struct VecT<double> {
-  typedef double type __attribute__((vector_size(32)));
-};
-template <typename T>
-using Vec = typename VecT<T>::type;
-
-template <typename T>
-constexpr int lanes() {
-  return int(32 / sizeof(T));
-}
-
-template <typename T>
-inline Vec<T> vload(const T* p) {
-  Vec<T> v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-}
 
 template <typename T>
 inline T nan_low(T v) {  // NaN -> -1: never a candidate (a NaN channel has a NaN mean anyway)
   return v >= T(0) ? v : T(-1);
 }
 
-// max { v[q] : v[q] < t } over q < m, or -1
+// Per channel of the view: dev[ch*k + j] = the signed x - mu of the j-th largest |x - mu|, idx[...] its
+// index inside the channel (a*B + b). Three phases, each at most about one vectorised pass:
+// (1) blocks = one column over R consecutive rows (a few hundred per channel); bm = block max |x - mu|;
+// (2) t = the k-th largest distinct block max of the channel (k vectorised passes over bm): k blocks hold
+//     a value >= t, so the k-th largest value is >= t, and every value >= t lies in a block with bm >= t;
+// (3) scan the rows of the blocks with bm >= t, in index order, inserting the values >= t into the list.
 template <typename T>
-T max_below(const T* __restrict__ v, i64 m, T t) {
-  constexpr int W = lanes<T>();
-  Vec<T> acc = Vec<T>{} - T(1);
-  const Vec<T> tv = Vec<T>{} + t;
-  i64 q = 0;
-  for (; q + W <= m; q += W) {
-    Vec<T> b = vload(v + q);
-    b = b < tv ? b : Vec<T>{} - T(1);
-    acc = acc > b ? acc : b;
-  }
-  T mx = T(-1);
-  for (int l = 0; l < W; ++l) mx = mx > acc[l] ? mx : acc[l];
-  for (; q < m; ++q) {
-    const T b = v[q] < t ? v[q] : T(-1);
-    mx = mx > b ? mx : b;
-  }
-  return mx;
-}
-
-// the k-th largest distinct value of v[0..m) (values >= 0 or -1), at most the k-th largest value
-template <typename T>
-T kth_distinct(const T* __restrict__ v, i64 m, int k) {
-  T t = T(INFINITY);
-  for (int i = 0; i < k && t >= T(0); ++i) t = max_below(v, m, t);
-  return t;
-}
-
-template <typename T>
-void finish_list(TopList<T>& L) {
-  for (int j = L.cnt; j < L.k; ++j) {
-    L.dv[j] = T(NAN);
-    L.iv[j] = 0;
-  }
-}
-
-template <typename T>
-void topk_chunks(const T* __restrict__ x, i64 A, i64 C, i64 B, const T* __restrict__ mu, int k, T* out_dev,
-                 i64* out_idx, int nt) {
-  constexpr int W = lanes<T>();
-  const i64 n = A * B, kk = k;
-  i64 S = W * 2;
-  while (S < B && n / S * W > 1024) S *= 2;
-  S = std::min(S, B);
-  const i64 nch = (B + S - 1) / S;  // chunks per run
-  const i64 m = A * nch * W;        // blocks (chunk, lane) per channel
-#pragma omp parallel num_threads(nt)
-  {
-    std::vector<T> bm(m), av(kk);
-#pragma omp for schedule(static)
-    for (i64 c = 0; c < C; ++c) {
-      const T mc = mu[c];
-      const Vec<T> mv = Vec<T>{} + mc;
-      for (i64 a = 0; a < A; ++a) {
-        const T* p = x + (a * C + c) * B;
-        for (i64 h = 0; h < nch; ++h) {
-          const i64 b0 = h * S, e = std::min(B, b0 + S);
-          Vec<T> acc = Vec<T>{};
-          i64 b = b0;
-          for (; b + W <= e; b += W) {
-            Vec<T> v = vload(p + b) - mv;
-            v = v < 0 ? -v : v;
-            acc = acc > v ? acc : v;
-          }
-          T* o = bm.data() + (a * nch + h) * W;
-          for (int l = 0; l < W; ++l) o[l] = acc[l];
-          for (; b < e; ++b) {
-            const T v = std::abs(p[b] - mc);
-            T& r = o[(b - b0) % W];
-            r = r > v ? r : v;
-          }
-          for (int l = 0; l < W; ++l) o[l] = nan_low(o[l]);
-        }
-      }
-      const T t = kth_distinct(bm.data(), m, k);
-      TopList<T> L{av.data(), out_dev + c * kk, out_idx + c * kk, 0, k, T(-1)};
-      for (i64 q = 0; q < A * nch; ++q) {
-        const T* o = bm.data() + q * W;
-        int cand = 0;
-        for (int l = 0; l < W; ++l) cand |= o[l] >= t;
-        if (!cand) continue;
-        const i64 a = q / nch, b0 = (q % nch) * S, e = std::min(B, b0 + S);
-        const T* p = x + (a * C + c) * B;
-        for (i64 b = b0; b < e; ++b) {
-          const T d = p[b] - mc;
-          const T ad = std::abs(d);
-          if (ad >= t && ad > L.thr) L.insert(ad, d, a * B + b);
-        }
-      }
-      finish_list(L);
-    }
-  }
-  (void)n;
-}
-
-template <typename T>
-void topk_rows(const T* __restrict__ x, i64 A, i64 C, i64 B, const T* __restrict__ mu, int k, T* out_dev,
-               i64* out_idx, int nt) {
-  const i64 L = C * B, kk = k;  // columns per row
+void view_topk(const T* __restrict__ p, i64 rs, i64 A, i64 L, i64 B, const T* __restrict__ mu, int k,
+               T* __restrict__ dev, i64* __restrict__ idx, Scratch<T>& S) {
+  const i64 nch = L / B, kk = k;
   i64 R = 8;
-  while (R < 256 && (A / R) * B > 512) R *= 2;
-  const i64 m = (A + R - 1) / R;  // row blocks
-  std::vector<T> mue(L), bm(size_t(m) * L);
-  for (i64 j = 0; j < L; ++j) mue[j] = mu[j / B];
+  while (R < 256 && R < A && (A / R) * B > 512) R *= 2;
+  const i64 m = (A + R - 1) / R;
+  T* __restrict__ me = S.get(S.t0, L);
+  T* __restrict__ te = S.get(S.t1, L);
+  T* __restrict__ acc = S.get(S.t2, L);
+  T* __restrict__ t = S.get(S.t3, nch);
+  T* __restrict__ bm = S.get(S.t4, size_t(m) * L);
+  for (i64 j = 0; j < L; ++j) me[j] = mu[j / B];
   // phase 1
-#pragma omp parallel for schedule(static) num_threads(nt)
   for (i64 q = 0; q < m; ++q) {
-    T* __restrict__ o = bm.data() + q * L;
-    const T* __restrict__ me = mue.data();
-    for (i64 j = 0; j < L; ++j) o[j] = T(0);
-    for (i64 r = q * R; r < std::min(A, q * R + R); ++r) {
-      const T* __restrict__ p = x + r * L;
+    T* __restrict__ o = bm + q * L;
+    std::fill(o, o + L, T(0));
+    for (i64 a = q * R; a < std::min(A, q * R + R); ++a) {
+      const T* __restrict__ r = p + a * rs;
       for (i64 j = 0; j < L; ++j) {
-        const T v = std::abs(p[j] - me[j]);
+        const T v = std::abs(r[j] - me[j]);
         o[j] = o[j] > v ? o[j] : v;
       }
     }
     for (i64 j = 0; j < L; ++j) o[j] = nan_low(o[j]);
   }
-  // phase 2: k passes, vectorised over columns; t[c] from its B columns
-  std::vector<T> t(C, T(INFINITY)), te(L, T(INFINITY)), acc(L);
+  // phase 2
+  std::fill(te, te + L, T(INFINITY));
   for (int i = 0; i < k; ++i) {
-    T* __restrict__ ap = acc.data();
-    const T* __restrict__ tp = te.data();
-    for (i64 j = 0; j < L; ++j) ap[j] = T(-1);
+    std::fill(acc, acc + L, T(-1));
     for (i64 q = 0; q < m; ++q) {
-      const T* __restrict__ b = bm.data() + q * L;
+      const T* __restrict__ b = bm + q * L;
       for (i64 j = 0; j < L; ++j) {
-        const T v = b[j] < tp[j] ? b[j] : T(-1);
-        ap[j] = ap[j] > v ? ap[j] : v;
+        const T v = b[j] < te[j] ? b[j] : T(-1);
+        acc[j] = acc[j] > v ? acc[j] : v;
       }
     }
-    for (i64 c = 0; c < C; ++c) {
+    for (i64 ch = 0; ch < nch; ++ch) {
       T mx = T(-1);
-      for (i64 b = 0; b < B; ++b) mx = mx > ap[c * B + b] ? mx : ap[c * B + b];
-      t[c] = mx;
+      for (i64 b = 0; b < B; ++b) mx = mx > acc[ch * B + b] ? mx : acc[ch * B + b];
+      t[ch] = mx;
     }
     for (i64 j = 0; j < L; ++j) te[j] = t[j / B];
   }
-  // phase 3: channel groups in parallel, blocks in row order
-  const i64 G = 16;
-  const i64 ngroups = (C + G - 1) / G;
-  std::vector<T> av(size_t(C) * kk);
-#pragma omp parallel num_threads(nt)
-  {
-    i64 g0, g1;
-    row_range(ngroups, thread_id(), nt, &g0, &g1);
-    const i64 c0 = std::min(C, g0 * G), c1 = std::min(C, g1 * G);
-    std::vector<TopList<T>> lists;
-    for (i64 c = c0; c < c1; ++c)
-      lists.push_back(TopList<T>{av.data() + c * kk, out_dev + c * kk, out_idx + c * kk, 0, k, T(-1)});
-    const i64 gc = std::max<i64>(1, 16 / B);  // channels per vectorised candidate check
-    std::vector<i64> cands;
-    std::vector<T> vals;
+  // phase 3
+  T* __restrict__ av = S.get(S.t1, size_t(nch) * kk);  // te is no longer needed
+  std::vector<i64>& cols = S.iv;
+  for (i64 ch = 0; ch < nch; ++ch) {
+    TopList<T> Lc{av + ch * kk, dev + ch * kk, idx + ch * kk, 0, k, T(-1)};
+    const T tc = t[ch], mc = mu[ch];
     for (i64 q = 0; q < m; ++q) {
-      const T* __restrict__ b = bm.data() + q * L;
-      const i64 r0 = q * R, nr = std::min(A, q * R + R) - r0;
-      cands.clear();
-      for (i64 cg = c0; cg < c1; cg += gc) {
-        const i64 ce = std::min(c1, cg + gc);
-        int any = 0;
-        for (i64 j = cg * B; j < ce * B; ++j) any |= b[j] >= te[j];
-        if (!any) continue;
-        for (i64 c = cg; c < ce; ++c) {
-          int cand = 0;
-          for (i64 bb = 0; bb < B; ++bb) cand |= b[c * B + bb] >= t[c];
-          if (cand) cands.push_back(c);
-        }
-      }
-      if (cands.empty()) continue;
-      // gather the block's values of the candidate channels first (independent loads), then select
-      const i64 per = nr * B;
-      vals.resize(cands.size() * size_t(per));
-      for (i64 r = 0; r < nr; ++r) {
-        const T* p = x + (r0 + r) * L;
-        for (size_t ci = 0; ci < cands.size(); ++ci) {
-          const T* pc = p + cands[ci] * B;
-          T* o = vals.data() + ci * per + r * B;
-          for (i64 bb = 0; bb < B; ++bb) o[bb] = pc[bb];
-        }
-      }
-      for (size_t ci = 0; ci < cands.size(); ++ci) {
-        const i64 c = cands[ci];
-        TopList<T>& Lc = lists[size_t(c - c0)];
-        const T tc = t[c], mc = mu[c];
-        const T* v = vals.data() + ci * per;
-        for (i64 j = 0; j < per; ++j) {
-          const T d = v[j] - mc;
+      const T* b = bm + q * L + ch * B;
+      cols.clear();
+      for (i64 bb = 0; bb < B; ++bb)
+        if (b[bb] >= tc) cols.push_back(bb);
+      if (cols.empty()) continue;
+      for (i64 a = q * R; a < std::min(A, q * R + R); ++a) {
+        const T* r = p + a * rs + ch * B;
+        for (i64 bb : cols) {
+          const T d = r[bb] - mc;
           const T ad = std::abs(d);
-          if (ad >= tc && ad > Lc.thr) Lc.insert(ad, d, r0 * B + j);
+          if (ad >= tc && ad > Lc.thr) Lc.insert(ad, d, a * B + bb);
         }
       }
     }
-    for (auto& Lc : lists) finish_list(Lc);
+    Lc.finish();
   }
 }
 
+// dx[channel ch, index i] += w for the k selected indices of each channel of the view
 template <typename T>
-void topk_kernel(const T* __restrict__ x, i64 A, i64 C, i64 B, const T* __restrict__ mu, int k, T* out_dev,
-                 i64* out_idx, int nt) {
-  nt = threads_for(nt, A * C * B);
-  if (B >= 64)
-    topk_chunks(x, A, C, B, mu, k, out_dev, out_idx, nt);
-  else
-    topk_rows(x, A, C, B, mu, k, out_dev, out_idx, nt);
-}
-
-// ---------------------------------------------------------------- backward sums: sum dy, sum dy*(x-mu)
-// x may be null: then only sum dy.
-template <typename T>
-void grad_sums_kernel(const T* __restrict__ x, const T* __restrict__ dy, i64 A, i64 C, i64 B,
-                      const T* __restrict__ mu, T* __restrict__ sum_dy, T* __restrict__ sum_dyd, int nt) {
-  nt = threads_for(nt, A * C * B);
-  const bool with_x = x != nullptr;
-  if (B > 1) {
-#pragma omp parallel for schedule(static) num_threads(nt)
-    for (i64 c = 0; c < C; ++c) {
-      const T m = with_x ? mu[c] : T(0);
-      double t1 = 0, t2 = 0;
-      for (i64 a = 0; a < A; ++a) {
-        const i64 o = (a * C + c) * B;
-        const T* __restrict__ g = dy + o;
-        for (i64 b0 = 0; b0 < B; b0 += kBlock) {
-          const i64 e = std::min(B, b0 + kBlock);
-          T s1 = 0, s2 = 0;
-          if (with_x) {
-            const T* __restrict__ p = x + o;
-            for (i64 b = b0; b < e; ++b) {
-              s1 += g[b];
-              s2 += g[b] * (p[b] - m);
-            }
-          } else {
-            for (i64 b = b0; b < e; ++b) s1 += g[b];
-          }
-          t1 += s1;
-          t2 += s2;
-        }
-      }
-      sum_dy[c] = T(t1);
-      if (with_x) sum_dyd[c] = T(t2);
+void view_scatter_add(T* __restrict__ pd, i64 rs, i64 nch, i64 B, int k, const i64* __restrict__ idx,
+                      const T* __restrict__ w) {
+  for (i64 ch = 0; ch < nch; ++ch)
+    for (int j = 0; j < k; ++j) {
+      const i64 i = idx[ch * k + j];
+      pd[(i / B) * rs + ch * B + (i % B)] += w[ch * k + j];
     }
-    return;
-  }
-  std::vector<double> acc(size_t(nt) * 2 * C, 0.0);
-  std::vector<T> tmp(size_t(nt) * 2 * C);
+}
+
+// ---------------------------------------------------------------- driver over the channel groups
+template <typename T, typename F>
+void for_groups(i64 A, i64 C, i64 B, int nt, F&& fn) {
+  const Geometry G(A, C, B, nt, i64(sizeof(T)) * 2);
+  nt = threads_for(nt, A * C * B);
+  nt = int(std::min<i64>(nt, G.groups));
 #pragma omp parallel num_threads(nt)
   {
-    const int t = thread_id();
-    i64 r0, r1;
-    row_range(A, t, nt, &r0, &r1);
-    double* __restrict__ a1 = acc.data() + size_t(t) * 2 * C;
-    double* __restrict__ a2 = a1 + C;
-    T* __restrict__ t1 = tmp.data() + size_t(t) * 2 * C;
-    T* __restrict__ t2 = t1 + C;
-    for (i64 r = r0; r < r1; r += kRowBlock) {
-      const i64 e = std::min(r1, r + kRowBlock);
-      std::fill(t1, t1 + 2 * C, T(0));
-      for (i64 q = r; q < e; ++q) {
-        const T* __restrict__ g = dy + q * C;
-        if (with_x) {
-          const T* __restrict__ p = x + q * C;
-          for (i64 c = 0; c < C; ++c) {
-            t1[c] += g[c];
-            t2[c] += g[c] * (p[c] - mu[c]);
-          }
-        } else {
-          for (i64 c = 0; c < C; ++c) t1[c] += g[c];
-        }
-      }
-      for (i64 c = 0; c < C; ++c) {
-        a1[c] += t1[c];
-        a2[c] += t2[c];
-      }
-    }
-  }
-  for (i64 c = 0; c < C; ++c) {
-    double s1 = 0, s2 = 0;
-    for (int t = 0; t < nt; ++t) {
-      s1 += acc[size_t(t) * 2 * C + c];
-      s2 += acc[size_t(t) * 2 * C + C + c];
-    }
-    sum_dy[c] = T(s1);
-    if (with_x) sum_dyd[c] = T(s2);
+    Scratch<T> S;
+#pragma omp for schedule(dynamic, 1)
+    for (i64 g = 0; g < G.groups; ++g) fn(G, g, S);
   }
 }
 
-// ---------------------------------------------------------------- y = (x - mu[c])*scale[c] + shift[c]
+enum Kind { kL1 = 0, kTopk = 1 };
+
+// Fused training forward of one norm: statistics and output, group by group.
+//   kind L1:   f = cscale * mean|x - mu|;               aux1[c] = mean sign(x - mu)
+//   kind Topk: f = cscale * mean of the k largest |x-mu|; aux1[c*k + j] = signed deviations, aux2 = indices
+//   s = f + eps, y = (x - mu) * gamma / s + beta (gamma, beta may be null); max_abs optional (L1).
 template <typename T>
-void affine_kernel(const T* __restrict__ x, i64 A, i64 C, i64 B, const T* __restrict__ mu,
-                   const T* __restrict__ scale, const T* __restrict__ shift, T* __restrict__ y, int nt) {
-  nt = threads_for(nt, A * C * B);
-  if (B > 1) {
-#pragma omp parallel for collapse(2) schedule(static) num_threads(nt)
-    for (i64 a = 0; a < A; ++a)
-      for (i64 c = 0; c < C; ++c) {
-        const i64 o = (a * C + c) * B;
-        const T m = mu[c], w = scale[c], s = shift[c];
-        const T* __restrict__ p = x + o;
-        T* __restrict__ q = y + o;
-        for (i64 b = 0; b < B; ++b) q[b] = (p[b] - m) * w + s;
+void fused_forward(int kind, const T* x, i64 A, i64 C, i64 B, const T* gamma, const T* beta, T eps, T cscale,
+                   int k, T* y, T* mu, T* f, T* s, T* aux1, i64* aux2, T* max_abs, int nt) {
+  const i64 n = A * B;
+  for_groups<T>(A, C, B, nt, [&](const Geometry& G, i64 g, Scratch<T>& S) {
+    const i64 c0 = G.c0(g), nch = G.nch(g), L = G.cols(g), rs = G.rs(), off = G.offset(g);
+    const T* p = x + off;
+    view_mean(p, rs, A, L, B, mu + c0, S);
+    T* pc = S.get(S.pc, 4 * nch);
+    T *sa = pc, *ss = pc + nch, *sc = pc + 2 * nch, *sh = pc + 3 * nch;
+    if (kind == kL1) {
+      if (max_abs)
+        view_l1<T, true>(p, rs, A, L, B, mu + c0, sa, ss, max_abs + c0, S);
+      else
+        view_l1<T, false>(p, rs, A, L, B, mu + c0, sa, ss, nullptr, S);
+      for (i64 ch = 0; ch < nch; ++ch) {
+        f[c0 + ch] = cscale * (sa[ch] / T(n));
+        aux1[c0 + ch] = ss[ch] / T(n);
       }
-    return;
-  }
-#pragma omp parallel for schedule(static) num_threads(nt)
-  for (i64 r = 0; r < A; ++r) {
-    const T* __restrict__ p = x + r * C;
-    T* __restrict__ q = y + r * C;
-    for (i64 c = 0; c < C; ++c) q[c] = (p[c] - mu[c]) * scale[c] + shift[c];
-  }
+    } else {
+      T* dv = aux1 + c0 * k;
+      view_topk(p, rs, A, L, B, mu + c0, k, dv, aux2 + c0 * k, S);
+      for (i64 ch = 0; ch < nch; ++ch) {
+        T sum = 0;
+        for (int j = 0; j < k; ++j) sum += std::abs(dv[ch * k + j]);
+        f[c0 + ch] = cscale * (sum / T(k));
+      }
+    }
+    for (i64 ch = 0; ch < nch; ++ch) {
+      const i64 c = c0 + ch;
+      s[c] = f[c] + eps;
+      sc[ch] = gamma ? gamma[c] / s[c] : T(1) / s[c];
+      sh[ch] = beta ? beta[c] : T(0);
+    }
+    view_affine(p, y + off, rs, A, L, B, mu + c0, sc, sh, S);
+  });
 }
 
-// ---------------------------------------------------------------- L1 input gradient
-// dx = a[c]*dy + k[c]*sign(x - mu[c]) + c0[c]
+// Fused backward: the sums, then dx, group by group (see functional.py for the formulas).
+//   L1:   aux1[c] = mean sign(x - mu)
+//   Topk: aux1[c*k + j] = sign of the selected deviations, aux2 = their indices
+// Writes dx and the per-channel sum dy, sum dy*(x - mu).
 template <typename T>
-void l1_dx_kernel(const T* __restrict__ x, const T* __restrict__ dy, i64 A, i64 C, i64 B,
-                  const T* __restrict__ mu, const T* __restrict__ ca, const T* __restrict__ ck,
-                  const T* __restrict__ c0, T* __restrict__ dx, int nt) {
-  nt = threads_for(nt, A * C * B);
-  if (B > 1) {
-#pragma omp parallel for collapse(2) schedule(static) num_threads(nt)
-    for (i64 a = 0; a < A; ++a)
-      for (i64 c = 0; c < C; ++c) {
-        const i64 o = (a * C + c) * B;
-        const T m = mu[c], va = ca[c], vk = ck[c], v0 = c0[c];
-        const T* __restrict__ p = x + o;
-        const T* __restrict__ g = dy + o;
-        T* __restrict__ q = dx + o;
-        for (i64 b = 0; b < B; ++b) {
-          const T d = p[b] - m;
-          const T sg = (d > T(0) ? T(1) : T(0)) - (d < T(0) ? T(1) : T(0));
-          q[b] = va * g[b] + vk * sg + v0;
-        }
+void fused_backward(int kind, const T* x, const T* dy, i64 A, i64 C, i64 B, const T* mu, const T* s,
+                    const T* gamma, T cscale, int k, const T* aux1, const i64* aux2, T* dx, T* sum_dy, T* sum_dyd,
+                    int nt) {
+  const i64 n = A * B;
+  for_groups<T>(A, C, B, nt, [&](const Geometry& G, i64 g, Scratch<T>& S) {
+    const i64 c0 = G.c0(g), nch = G.nch(g), L = G.cols(g), rs = G.rs(), off = G.offset(g);
+    view_grad_sums(x + off, dy + off, rs, A, L, B, mu + c0, sum_dy + c0, sum_dyd + c0, S);
+    T* pc = S.get(S.pc, 4 * nch + (kind == kTopk ? nch * k : 0));
+    T *ca = pc, *ck = pc + nch, *cz = pc + 2 * nch, *zero = pc + 3 * nch, *w = pc + 4 * nch;
+    std::fill(zero, zero + nch, T(0));
+    for (i64 ch = 0; ch < nch; ++ch) {
+      const i64 c = c0 + ch;
+      const T gm = gamma ? gamma[c] : T(1);
+      const T mdy = sum_dy[c] / T(n), mdyd = sum_dyd[c] / T(n);
+      const T a = gm / s[c];
+      const T q = gm * (mdyd / s[c] / s[c]);
+      ca[ch] = a;
+      if (kind == kL1) {
+        ck[ch] = -cscale * q;
+        cz[ch] = -a * mdy - ck[ch] * aux1[c];
+      } else {
+        T sg = 0;
+        for (int j = 0; j < k; ++j) sg += aux1[c * k + j];
+        cz[ch] = -a * mdy + q * (cscale / T(k)) * sg;
+        for (int j = 0; j < k; ++j) w[ch * k + j] = -q * (cscale * T(n) / T(k)) * aux1[c * k + j];
       }
-    return;
-  }
-#pragma omp parallel for schedule(static) num_threads(nt)
-  for (i64 r = 0; r < A; ++r) {
-    const T* __restrict__ p = x + r * C;
-    const T* __restrict__ g = dy + r * C;
-    T* __restrict__ q = dx + r * C;
-    for (i64 c = 0; c < C; ++c) {
-      const T d = p[c] - mu[c];
-      const T sg = (d > T(0) ? T(1) : T(0)) - (d < T(0) ? T(1) : T(0));
-      q[c] = ca[c] * g[c] + ck[c] * sg + c0[c];
     }
-  }
-}
-
-// ---------------------------------------------------------------- dx[c, idx[c*k + j]] += w[c*k + j]
-template <typename T>
-void scatter_add_kernel(T* dx, i64 A, i64 C, i64 B, int k, const i64* idx, const T* w) {
-  (void)A;
-  for (i64 c = 0; c < C; ++c)
-    for (int j = 0; j < k; ++j) {
-      const i64 i = idx[c * k + j];
-      const i64 a = i / B, b = i % B;
-      dx[(a * C + c) * B + b] += w[c * k + j];
+    if (kind == kL1) {
+      view_l1_dx(x + off, dy + off, dx + off, rs, A, L, B, mu + c0, ca, ck, cz, S);
+    } else {
+      view_affine(dy + off, dx + off, rs, A, L, B, zero, ca, cz, S);
+      view_scatter_add(dx + off, rs, nch, B, k, aux2 + c0 * k, w);
     }
+  });
 }
 
 }  // namespace
 
-#define NR_EXPORT(T, SUF)                                                                                      \
-  extern "C" void nr_mean_##SUF(const T* x, i64 A, i64 C, i64 B, T* mu, int nt) {                          \
-    mean_kernel<T>(x, A, C, B, mu, nt);                                                                      \
-  }                                                                                                          \
-  extern "C" void nr_l1_##SUF(const T* x, i64 A, i64 C, i64 B, const T* mu, T* sa, T* ss, T* mx, int nt) { \
-    if (mx)                                                                                                  \
-      l1_kernel<T, true>(x, A, C, B, mu, sa, ss, mx, nt);                                                    \
-    else                                                                                                     \
-      l1_kernel<T, false>(x, A, C, B, mu, sa, ss, mx, nt);                                                   \
-  }                                                                                                          \
-  extern "C" void nr_topk_##SUF(const T* x, i64 A, i64 C, i64 B, const T* mu, int k, T* dev, i64* idx,    \
-                                int nt) {                                                                    \
-    topk_kernel<T>(x, A, C, B, mu, k, dev, idx, nt);                                                         \
-  }                                                                                                          \
-  extern "C" void nr_grad_sums_##SUF(const T* x, const T* dy, i64 A, i64 C, i64 B, const T* mu, T* s1,    \
-                                     T* s2, int nt) {                                                        \
-    grad_sums_kernel<T>(x, dy, A, C, B, mu, s1, s2, nt);                                                     \
-  }                                                                                                          \
-  extern "C" void nr_affine_##SUF(const T* x, i64 A, i64 C, i64 B, const T* mu, const T* scale,           \
-                                  const T* shift, T* y, int nt) {                                            \
-    affine_kernel<T>(x, A, C, B, mu, scale, shift, y, nt);                                                   \
-  }                                                                                                          \
-  extern "C" void nr_l1_dx_##SUF(const T* x, const T* dy, i64 A, i64 C, i64 B, const T* mu, const T* ca,  \
-                                 const T* ck, const T* c0, T* dx, int nt) {                                  \
-    l1_dx_kernel<T>(x, dy, A, C, B, mu, ca, ck, c0, dx, nt);                                                 \
-  }                                                                                                          \
-  extern "C" void nr_scatter_add_##SUF(T* dx, i64 A, i64 C, i64 B, int k, const i64* idx, const T* w) {   \
-    scatter_add_kernel<T>(dx, A, C, B, k, idx, w);                                                           \
+// ---------------------------------------------------------------- C ABI
+// Modular kernels (one pass each, over the whole tensor) and the two fused ones.
+#define NR_EXPORT(T, SUF)                                                                                    \
+  extern "C" void nr_mean_##SUF(const T* x, i64 A, i64 C, i64 B, T* mu, int nt) {                        \
+    for_groups<T>(A, C, B, nt, [&](const Geometry& G, i64 g, Scratch<T>& S) {                              \
+      view_mean(x + G.offset(g), G.rs(), A, G.cols(g), B, mu + G.c0(g), S);                                \
+    });                                                                                                    \
+  }                                                                                                        \
+  extern "C" void nr_l1_##SUF(const T* x, i64 A, i64 C, i64 B, const T* mu, T* sa, T* ss, T* mx,         \
+                              int nt) {                                                                    \
+    for_groups<T>(A, C, B, nt, [&](const Geometry& G, i64 g, Scratch<T>& S) {                              \
+      const i64 c0 = G.c0(g);                                                                              \
+      if (mx)                                                                                              \
+        view_l1<T, true>(x + G.offset(g), G.rs(), A, G.cols(g), B, mu + c0, sa + c0, ss + c0, mx + c0, S); \
+      else                                                                                                 \
+        view_l1<T, false>(x + G.offset(g), G.rs(), A, G.cols(g), B, mu + c0, sa + c0, ss + c0, nullptr, S); \
+    });                                                                                                    \
+  }                                                                                                        \
+  extern "C" void nr_topk_##SUF(const T* x, i64 A, i64 C, i64 B, const T* mu, int k, T* dev, i64* idx,  \
+                                int nt) {                                                                  \
+    for_groups<T>(A, C, B, nt, [&](const Geometry& G, i64 g, Scratch<T>& S) {                              \
+      const i64 c0 = G.c0(g);                                                                              \
+      view_topk(x + G.offset(g), G.rs(), A, G.cols(g), B, mu + c0, k, dev + c0 * k, idx + c0 * k, S);      \
+    });                                                                                                    \
+  }                                                                                                        \
+  extern "C" void nr_grad_sums_##SUF(const T* x, const T* dy, i64 A, i64 C, i64 B, const T* mu, T* s1,  \
+                                     T* s2, int nt) {                                                      \
+    for_groups<T>(A, C, B, nt, [&](const Geometry& G, i64 g, Scratch<T>& S) {                              \
+      const i64 o = G.offset(g), c0 = G.c0(g);                                                             \
+      view_grad_sums(x ? x + o : nullptr, dy + o, G.rs(), A, G.cols(g), B, mu + c0, s1 + c0, s2 + c0, S);  \
+    });                                                                                                    \
+  }                                                                                                        \
+  extern "C" void nr_affine_##SUF(const T* x, i64 A, i64 C, i64 B, const T* mu, const T* scale,         \
+                                  const T* shift, T* y, int nt) {                                          \
+    for_groups<T>(A, C, B, nt, [&](const Geometry& G, i64 g, Scratch<T>& S) {                              \
+      const i64 o = G.offset(g), c0 = G.c0(g);                                                             \
+      view_affine(x + o, y + o, G.rs(), A, G.cols(g), B, mu + c0, scale + c0, shift + c0, S);              \
+    });                                                                                                    \
+  }                                                                                                        \
+  extern "C" void nr_l1_dx_##SUF(const T* x, const T* dy, i64 A, i64 C, i64 B, const T* mu, const T* ca, \
+                                 const T* ck, const T* c0, T* dx, int nt) {                                \
+    for_groups<T>(A, C, B, nt, [&](const Geometry& G, i64 g, Scratch<T>& S) {                              \
+      const i64 o = G.offset(g), c = G.c0(g);                                                              \
+      view_l1_dx(x + o, dy + o, dx + o, G.rs(), A, G.cols(g), B, mu + c, ca + c, ck + c, c0 + c, S);       \
+    });                                                                                                    \
+  }                                                                                                        \
+  extern "C" void nr_scatter_add_##SUF(T* dx, i64 A, i64 C, i64 B, int k, const i64* idx, const T* w) {  \
+    (void)A;                                                                                               \
+    view_scatter_add(dx, C * B, C, B, k, idx, w);                                                          \
+  }                                                                                                        \
+  extern "C" void nr_fwd_##SUF(int kind, const T* x, i64 A, i64 C, i64 B, const T* gamma, const T* beta, \
+                               T eps, T cscale, int k, T* y, T* mu, T* f, T* s, T* aux1, i64* aux2,       \
+                               T* max_abs, int nt) {                                                       \
+    fused_forward<T>(kind, x, A, C, B, gamma, beta, eps, cscale, k, y, mu, f, s, aux1, aux2, max_abs, nt); \
+  }                                                                                                        \
+  extern "C" void nr_bwd_##SUF(int kind, const T* x, const T* dy, i64 A, i64 C, i64 B, const T* mu,     \
+                               const T* s, const T* gamma, T cscale, int k, const T* aux1, const i64* aux2, \
+                               T* dx, T* sum_dy, T* sum_dyd, int nt) {                                     \
+    fused_backward<T>(kind, x, dy, A, C, B, mu, s, gamma, cscale, k, aux1, aux2, dx, sum_dy, sum_dyd, nt); \
   }
 
 NR_EXPORT(float, f32)
 NR_EXPORT(double, f64)
 
-extern "C" int nr_abi_version() { return 1; }
+extern "C" int nr_abi_version() { return 2; }
