@@ -33,7 +33,6 @@ namespace {
 
 const i64 kRowBlock = 64;              // rows summed in T before being added to the double totals
 const i64 kSerial = 1 << 15;           // fewer elements than this: one thread
-const i64 kCacheBytes = 384 * 1024;    // target bytes of one row-layout channel block (per tensor)
 
 inline int threads_for(int nt, i64 numel) { return (nt < 1 || numel < kSerial) ? 1 : nt; }
 
@@ -47,9 +46,10 @@ struct Geometry {
       groups = C;
       return;
     }
-    CB = kCacheBytes / std::max<i64>(1, A * elem);
-    CB = std::max<i64>(16, CB / 16 * 16);
-    if (nt > 1) CB = std::min(CB, std::max<i64>(16, (C / nt + 15) / 16 * 16));
+    // Column blocks that fit the cache were tried and lost: short strided rows vectorise badly. Whole rows,
+    // split among the threads.
+    (void)elem;
+    CB = nt > 1 ? std::max<i64>(16, (C / nt + 15) / 16 * 16) : C;
     CB = std::min(CB, C);
     groups = (C + CB - 1) / CB;
   }

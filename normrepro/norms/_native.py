@@ -10,26 +10,24 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
-import logging
 import os
 import platform
 import shutil
 import subprocess
-import sys
 import tempfile
 import threading
+import warnings
 from pathlib import Path
 
 import torch
 
-log = logging.getLogger(__name__)
-
 SOURCE = Path(__file__).with_name("_kernels.cpp")
 FLAGS = ["-O3", "-march=native", "-fPIC", "-shared", "-std=c++17", "-fno-math-errno", "-fno-trapping-math",
          "-fassociative-math", "-fno-signed-zeros"]
-ABI_VERSION = 1
+ABI_VERSION = 2
 
 _lock = threading.Lock()
+_FUNCS: dict = {}
 _lib = None
 _tried = False
 _error: str | None = None
@@ -45,8 +43,13 @@ _SIGNATURES = {
     "nr_affine": [_f, _i64, _i64, _i64, _f, _f, _f, _f, _int],
     "nr_l1_dx": [_f, _f, _i64, _i64, _i64, _f, _f, _f, _f, _f, _int],
     "nr_scatter_add": [_f, _i64, _i64, _i64, _int, _f, _f],
+    # kind, x, A, C, B, gamma, beta, eps, cscale, k, y, mu, f, s, aux1, aux2, max_abs, nt
+    "nr_fwd": [_int, _f, _i64, _i64, _i64, _f, _f, "T", "T", _int, _f, _f, _f, _f, _f, _f, _f, _int],
+    # kind, x, dy, A, C, B, mu, s, gamma, cscale, k, aux1, aux2, dx, sum_dy, sum_dyd, nt
+    "nr_bwd": [_int, _f, _f, _i64, _i64, _i64, _f, _f, _f, "T", _int, _f, _f, _f, _f, _f, _int],
 }
 SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
+_SCALAR = {"f32": ctypes.c_float, "f64": ctypes.c_double}
 
 
 def _cpu_tag() -> str:
@@ -109,14 +112,16 @@ def _build() -> ctypes.CDLL:
     if lib.nr_abi_version() != ABI_VERSION:
         raise RuntimeError(f"{target} has a different ABI version")
     for base, argtypes in _SIGNATURES.items():
-        for suf in SUFFIX.values():
+        for dtype, suf in SUFFIX.items():
             fn = getattr(lib, f"{base}_{suf}")
-            fn.argtypes = argtypes
+            fn.argtypes = [_SCALAR[suf] if a == "T" else a for a in argtypes]
             fn.restype = None
+            _FUNCS[(base, dtype)] = fn
     return lib
 
 
 def enabled() -> bool:
+    """False when the environment variable NORMREPRO_NATIVE is 0/false/no/off."""
     return os.environ.get("NORMREPRO_NATIVE", "1").strip().lower() not in ("0", "false", "no", "off")
 
 
@@ -131,8 +136,8 @@ def lib():
                 _lib = _build()
             except Exception as exc:  # noqa: BLE001 - any failure means: use the torch-ops path
                 _error = f"{type(exc).__name__}: {exc}"
-                log.warning("normrepro.norms: native CPU kernels unavailable, using torch ops (%s)", _error)
-                print(f"normrepro.norms: native CPU kernels unavailable, using torch ops ({_error})", file=sys.stderr)
+                warnings.warn(f"normrepro.norms: native CPU kernels unavailable, using torch ops ({_error})",
+                              RuntimeWarning, stacklevel=2)
             _tried = True
     return _lib
 
@@ -141,11 +146,7 @@ def error() -> str | None:
     return _error
 
 
-def ptr(t: torch.Tensor) -> int:
-    return t.data_ptr()
-
-
 def call(name: str, dtype: torch.dtype, *args) -> None:
-    """Call kernel ``name`` for ``dtype``; tensor arguments are passed as their data pointers."""
-    fn = getattr(_lib, f"{name}_{SUFFIX[dtype]}")
-    fn(*[a.data_ptr() if isinstance(a, torch.Tensor) else a for a in args])
+    """Call kernel ``name`` for ``dtype``; tensor arguments are passed as their data pointers (the caller
+    guarantees dense layouts and sizes), None as a null pointer."""
+    _FUNCS[(name, dtype)](*[a.data_ptr() if isinstance(a, torch.Tensor) else a for a in args])

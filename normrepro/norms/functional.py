@@ -92,14 +92,17 @@ def _v(t: Tensor) -> Tensor:
 
 
 # ------------------------------------------------------------------------------------------- backends
+_NATIVE_ENABLED = _native.enabled()
+
+
 def use_native(*ts: Tensor) -> bool:
     """Whether the CPU kernels apply to these tensors (plain dense CPU float32/float64, eager mode)."""
-    if _backend == "torch":
+    if _backend == "torch" or not _NATIVE_ENABLED:
         return False
     for t in ts:
-        if type(t) is not torch.Tensor or t.device.type != "cpu" or t.dtype not in _native.SUFFIX:
+        if type(t) is not torch.Tensor or not t.is_cpu or t.dtype not in _native.SUFFIX:
             return False
-    if torch.compiler.is_compiling() or not _native.enabled():
+    if torch.compiler.is_compiling():
         return False
     if _native.lib() is None:
         if _backend == "native":
@@ -269,6 +272,22 @@ class L2Stats(_Stats):
 
 
 # ------------------------------------------------------------------------------------------- autograd
+def fused_kind(stats: _Stats) -> int | None:
+    """0 (L1) or 1 (Top-k) when the statistics are this module's own, so that the fused CPU kernels
+    (statistics, output and backward in one pass over each channel group) compute exactly them;
+    None for anything else, e.g. a subclass that all-reduces its statistics."""
+    cls = type(stats)
+    if cls.grad_sums is not _Stats.grad_sums or cls.scale is not _Stats.scale:
+        return None
+    if isinstance(stats, L1Stats) and cls.batch_stats is L1Stats.batch_stats \
+            and cls.input_grad is L1Stats.input_grad:
+        return 0
+    if isinstance(stats, TopkStats) and cls.batch_stats is TopkStats.batch_stats \
+            and cls.input_grad is TopkStats.input_grad:
+        return 1
+    return None
+
+
 class LpBatchNormFunction(torch.autograd.Function):
     """y = gamma * (x - mu) / s + beta with batch statistics from ``stats`` (an ``_Stats``), computed in
     ``compute_dtype``. Returns (y, mu, f, max_dev); only y is differentiable. Saves x (the one
@@ -280,30 +299,49 @@ class LpBatchNormFunction(torch.autograd.Function):
         xd = dense(x)
         x3 = view3(xd)
         xc3 = x3 if x3.dtype == compute_dtype else x3.to(compute_dtype)
-        st = stats.batch_stats(xc3)
-        mu = st.mu
-        s = stats.scale(st.f)
-        scale = weight.to(compute_dtype) / s if weight is not None else s.reciprocal()
-        shift = bias.to(compute_dtype) if bias is not None else torch.zeros_like(s)
-
-        native = compute_dtype == x.dtype and use_native(xc3)
+        na, c, b = xc3.shape
+        n = na * b
+        w = weight.to(compute_dtype).contiguous() if weight is not None else None
+        bi = bias.to(compute_dtype).contiguous() if bias is not None else None
         y = torch.empty_like(xd, dtype=compute_dtype)
         y3 = view3(y)
-        if native:
-            a, c, b = xc3.shape
-            _call("nr_affine", xc3.dtype, xc3, a, c, b, mu, scale.contiguous(), shift.contiguous(), y3, _nt())
+
+        kind = fused_kind(stats) if compute_dtype == x.dtype and use_native(xc3) else None
+        if kind is not None:  # statistics and output in one kernel
+            k = min(stats.k, n) if kind == 1 else 1
+            cscale = c_linf(n) if kind == 1 else C_L1
+            mu, f, s = xc3.new_empty(c), xc3.new_empty(c), xc3.new_empty(c)
+            aux1 = xc3.new_empty(c, k) if kind == 1 else xc3.new_empty(c)
+            aux2 = torch.empty(c, k, dtype=torch.int64) if kind == 1 else None
+            max_dev = xc3.new_empty(c) if kind == 0 and stats.track_max_dev else None
+            _call("nr_fwd", xc3.dtype, kind, xc3, na, c, b, w, bi, stats.eps, cscale, k, y3, mu, f, s, aux1, aux2,
+                  max_dev, _nt())
+            if kind == 1:
+                max_dev = aux1[:, 0].abs()
+                aux = (aux2, aux1.sign())
+            else:
+                aux = (aux1,)
         else:
-            torch.sub(xc3, _v(mu), out=y3)
-            y3.mul_(_v(scale)).add_(_v(shift))
+            st = stats.batch_stats(xc3)
+            mu, f, aux, max_dev = st.mu, st.f, st.aux, st.max_dev
+            s = stats.scale(f)
+            scale = w / s if w is not None else s.reciprocal()
+            shift = bi if bi is not None else torch.zeros_like(s)
+            if compute_dtype == x.dtype and use_native(xc3):
+                _call("nr_affine", xc3.dtype, xc3, na, c, b, mu, scale.contiguous(), shift, y3, _nt())
+            else:
+                torch.sub(xc3, _v(mu), out=y3)
+                y3.mul_(_v(scale)).add_(_v(shift))
         if y.dtype != x.dtype:
             y = y.to(x.dtype)
 
-        ctx.save_for_backward(xd, weight, mu, s, *st.aux)
+        ctx.save_for_backward(xd, weight, mu, s, *aux)
         ctx.stats = stats
+        ctx.kind = kind
         ctx.compute_dtype = compute_dtype
         ctx.bias_dtype = bias.dtype if bias is not None else None
-        f = st.f
-        max_dev = st.max_dev if st.max_dev is not None else mu.new_empty(0)
+        if max_dev is None:
+            max_dev = mu.new_empty(0)
         ctx.mark_non_differentiable(mu, f, max_dev)
         return y, mu, f, max_dev
 
@@ -311,22 +349,40 @@ class LpBatchNormFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, dy, *_unused):
         xd, weight, mu, s, *aux = ctx.saved_tensors
-        stats, cd = ctx.stats, ctx.compute_dtype
+        stats, cd, kind = ctx.stats, ctx.compute_dtype, ctx.kind
         x3 = view3(xd)
         dy3 = view3(dy.to(xd.dtype).contiguous(memory_format=memory_format(xd)))
-        xc3 = x3 if x3.dtype == cd else x3.to(cd)
-        dyc3 = dy3 if dy3.dtype == cd else dy3.to(cd)
         na, c, b = x3.shape
         n = na * b
+        grad_x = grad_w = grad_b = None
 
+        if kind is not None and use_native(x3, dy3):  # sums and dx in one kernel
+            dx = torch.empty_like(xd)
+            sum_dy, sum_dyd = x3.new_empty(c), x3.new_empty(c)
+            gamma = weight.to(cd).contiguous() if weight is not None else None
+            if kind == 1:
+                idx, sgn = aux
+                k, cscale, aux1, aux2 = idx.shape[1], c_linf(n), sgn.contiguous(), idx.contiguous()
+            else:
+                k, cscale, aux1, aux2 = 1, C_L1, aux[0].contiguous(), None
+            _call("nr_bwd", x3.dtype, kind, x3, dy3, na, c, b, mu, s, gamma, cscale, k, aux1, aux2, view3(dx),
+                  sum_dy, sum_dyd, _nt())
+            if ctx.needs_input_grad[0]:
+                grad_x = dx
+            if weight is not None and ctx.needs_input_grad[1]:
+                grad_w = (sum_dyd / s).to(weight.dtype)
+            if ctx.bias_dtype is not None and ctx.needs_input_grad[2]:
+                grad_b = sum_dy.to(ctx.bias_dtype)
+            return grad_x, grad_w, grad_b, None, None
+
+        xc3 = x3 if x3.dtype == cd else x3.to(cd)
+        dyc3 = dy3 if dy3.dtype == cd else dy3.to(cd)
         mean_dy, mean_dyd = stats.grad_sums(xc3, dyc3, mu)
         gamma = weight.to(cd) if weight is not None else None
         a = gamma / s if gamma is not None else s.reciprocal()
         q = mean_dyd / s / s
         if gamma is not None:
             q = q * gamma
-
-        grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
             dx = torch.empty_like(xd, dtype=cd)
             stats.input_grad(xc3, dyc3, view3(dx), mu, s, a, q, mean_dy, tuple(aux))
