@@ -1,0 +1,75 @@
+"""Datasets by name: ``build_data(cfg, batch_size, eval_batch_size, device, seed, rank, world_size)``.
+
+digits, synthetic, cifar10 and cifar100 go through the in-memory path (uint8 on the device, batch-wise
+augmentation); imagenet through ImageFolder + DataLoader. ``batch_size`` is per process.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from normrepro.data.imagenet import imagenet_loaders
+from normrepro.data.memory import InMemoryLoader, batch_crop, epoch_generator
+from normrepro.data.sources import CIFAR_MEAN, CIFAR_STD, load_cifar_uint8, load_digits_uint8, make_synthetic
+from normrepro.errors import choice_error
+
+DATASET_NAMES = ("digits", "synthetic", "cifar10", "cifar100", "imagenet")
+
+__all__ = ["DATASET_NAMES", "DataBundle", "build_data", "InMemoryLoader", "batch_crop", "epoch_generator"]
+
+
+@dataclass
+class DataBundle:
+    train: object
+    test: object
+    num_classes: int
+    in_channels: int
+    image_size: int
+    name: str
+    num_train: int
+    num_test: int
+
+
+def _get(cfg, key, default):
+    value = cfg.get(key, default) if hasattr(cfg, "get") else default
+    return default if value is None else value
+
+
+def _uint8_source(name, cfg):
+    """((x_train, y_train), (x_test, y_test), mean, std, default pad, default flip, num_classes)."""
+    if name == "digits":
+        train, test = load_digits_uint8(int(_get(cfg, "image_size", 16)), int(_get(cfg, "in_channels", 1)))
+        size = train[0].shape[-1]
+        return train, test, None, None, max(1, size // 8), False, 10
+    if name == "synthetic":
+        k = int(_get(cfg, "num_classes", 10))
+        size = int(_get(cfg, "image_size", 32))
+        train, test = make_synthetic(int(_get(cfg, "num_train", 2000)), int(_get(cfg, "num_test", 500)), k, size,
+                                     int(_get(cfg, "in_channels", 3)), float(_get(cfg, "noise", 0.3)),
+                                     int(_get(cfg, "data_seed", 0)))
+        return train, test, None, None, max(1, size // 8), True, k
+    train, test = load_cifar_uint8(name, str(_get(cfg, "root", "data")), bool(_get(cfg, "download", False)))
+    return train, test, CIFAR_MEAN, CIFAR_STD, 4, True, 10 if name == "cifar10" else 100
+
+
+def build_data(cfg, batch_size, eval_batch_size, device, seed, rank=0, world_size=1) -> DataBundle:
+    name = _get(cfg, "name", "digits")
+    if name not in DATASET_NAMES:
+        raise choice_error("dataset", name, DATASET_NAMES)
+    device = torch.device(device)
+    if name == "imagenet":
+        train, test, k, n_train, n_test = imagenet_loaders(cfg, batch_size, eval_batch_size, device, seed, rank,
+                                                          world_size)
+        return DataBundle(train, test, k, 3, int(_get(cfg, "image_size", 224)), name, n_train, n_test)
+    (xtr, ytr), (xte, yte), mean, std, pad, flip, k = _uint8_source(name, cfg)
+    if mean is None:  # statistics of the training split
+        f = xtr.float() / 255
+        mean, std = f.mean((0, 2, 3)).tolist(), f.std((0, 2, 3)).clamp_min(1e-3).tolist()
+    xtr, ytr, xte, yte = (t.to(device) for t in (xtr, ytr, xte, yte))
+    pad, flip = int(_get(cfg, "pad", pad)), bool(_get(cfg, "flip", flip))
+    common = dict(mean=mean, std=std, seed=seed, rank=rank, world_size=world_size)
+    train = InMemoryLoader(xtr, ytr, batch_size, shuffle=True, pad=pad, flip=flip,
+                           drop_last=bool(_get(cfg, "drop_last", True)), **common)
+    test = InMemoryLoader(xte, yte, eval_batch_size, shuffle=False, **common)
+    return DataBundle(train, test, k, xtr.shape[1], xtr.shape[-1], name, len(ytr), len(yte))
