@@ -1,7 +1,8 @@
 """Datasets by name: ``build_data(cfg, batch_size, eval_batch_size, device, seed, rank, world_size)``.
 
 digits, synthetic, cifar10 and cifar100 go through the in-memory path (uint8 on the device, batch-wise
-augmentation); imagenet through ImageFolder + DataLoader. ``batch_size`` is per process.
+augmentation, ``memory.py``); imagenet through ImageFolder + DataLoader (``imagenet.py``). ``batch_size`` is
+per process. Shuffling and augmentation are deterministic given (seed, epoch).
 """
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ import torch
 
 from normrepro.data.imagenet import imagenet_loaders
 from normrepro.data.memory import InMemoryLoader, batch_crop, epoch_generator
-from normrepro.data.sources import CIFAR_MEAN, CIFAR_STD, load_cifar_uint8, load_digits_uint8, make_synthetic
-from normrepro.errors import choice_error
+from normrepro.data.sources import (CIFAR_MEAN, CIFAR_STD, load_cifar_uint8, load_digits_uint8, make_synthetic,
+                                    resize_uint8)
+from normrepro.errors import ConfigError, choice_error
 
 DATASET_NAMES = ("digits", "synthetic", "cifar10", "cifar100", "imagenet")
 
@@ -21,6 +23,7 @@ __all__ = ["DATASET_NAMES", "DataBundle", "build_data", "InMemoryLoader", "batch
 
 @dataclass
 class DataBundle:
+    """Train/test iterables of (x float32 [N, C, H, W] normalized, y int64) on the device, and their shape."""
     train: object
     test: object
     num_classes: int
@@ -36,27 +39,47 @@ def _get(cfg, key, default):
     return default if value is None else value
 
 
+def _channels(cfg, default):
+    return int(_get(cfg, "channels", _get(cfg, "in_channels", default)))
+
+
 def _uint8_source(name, cfg):
-    """((x_train, y_train), (x_test, y_test), mean, std, default pad, default flip, num_classes)."""
+    """(train, test, mean, std, default pad, default flip, num_classes); mean/std None = from the train split."""
     if name == "digits":
-        train, test = load_digits_uint8(int(_get(cfg, "image_size", 16)), int(_get(cfg, "in_channels", 1)))
-        size = train[0].shape[-1]
+        size = int(_get(cfg, "image_size", 16))
+        train, test = load_digits_uint8(size, _channels(cfg, 1))
         return train, test, None, None, max(1, size // 8), False, 10
     if name == "synthetic":
-        k = int(_get(cfg, "num_classes", 10))
-        size = int(_get(cfg, "image_size", 32))
+        k, size = int(_get(cfg, "num_classes", 10)), int(_get(cfg, "image_size", 32))
         train, test = make_synthetic(int(_get(cfg, "num_train", 2000)), int(_get(cfg, "num_test", 500)), k, size,
-                                     int(_get(cfg, "in_channels", 3)), float(_get(cfg, "noise", 0.3)),
-                                     int(_get(cfg, "data_seed", 0)))
+                                     _channels(cfg, 3), float(_get(cfg, "noise", 0.3)), int(_get(cfg, "data_seed", 0)))
         return train, test, None, None, max(1, size // 8), True, k
-    train, test = load_cifar_uint8(name, str(_get(cfg, "root", "data")), bool(_get(cfg, "download", False)))
-    return train, test, CIFAR_MEAN, CIFAR_STD, 4, True, 10 if name == "cifar10" else 100
+    (xtr, ytr), (xte, yte) = load_cifar_uint8(name, str(_get(cfg, "root", "data")), bool(_get(cfg, "download", False)))
+    size = int(_get(cfg, "image_size", 32))  # 32 = as stored; another size is resized once here
+    xtr, xte = resize_uint8(xtr, size), resize_uint8(xte, size)
+    return (xtr, ytr), (xte, yte), CIFAR_MEAN, CIFAR_STD, 4, True, 10 if name == "cifar10" else 100
+
+
+def channel_stats(images: torch.Tensor):
+    """Per-channel mean and std (pixel values in [0, 1]) of uint8 [N, C, H, W] images, from histograms."""
+    levels = torch.arange(256, dtype=torch.float64) / 255
+    mean, std = [], []
+    for c in range(images.shape[1]):
+        p = torch.bincount(images[:, c].reshape(-1), minlength=256).double()
+        p /= p.sum()
+        m = float((p * levels).sum())
+        mean.append(m)
+        std.append(max(1e-3, float((p * (levels - m) ** 2).sum()) ** 0.5))
+    return mean, std
 
 
 def build_data(cfg, batch_size, eval_batch_size, device, seed, rank=0, world_size=1) -> DataBundle:
+    """The dataset named ``cfg["name"]`` (config group ``dataset``) as a :class:`DataBundle` on ``device``."""
     name = _get(cfg, "name", "digits")
     if name not in DATASET_NAMES:
         raise choice_error("dataset", name, DATASET_NAMES)
+    if not 0 <= int(rank) < int(world_size):
+        raise ConfigError(f"rank {rank} outside world_size {world_size}")
     device = torch.device(device)
     if name == "imagenet":
         train, test, k, n_train, n_test = imagenet_loaders(cfg, batch_size, eval_batch_size, device, seed, rank,
@@ -64,8 +87,8 @@ def build_data(cfg, batch_size, eval_batch_size, device, seed, rank=0, world_siz
         return DataBundle(train, test, k, 3, int(_get(cfg, "image_size", 224)), name, n_train, n_test)
     (xtr, ytr), (xte, yte), mean, std, pad, flip, k = _uint8_source(name, cfg)
     if mean is None:  # statistics of the training split
-        f = xtr.float() / 255
-        mean, std = f.mean((0, 2, 3)).tolist(), f.std((0, 2, 3)).clamp_min(1e-3).tolist()
+        mean, std = channel_stats(xtr)
+    mean, std = _get(cfg, "mean", mean), _get(cfg, "std", std)
     xtr, ytr, xte, yte = (t.to(device) for t in (xtr, ytr, xte, yte))
     pad, flip = int(_get(cfg, "pad", pad)), bool(_get(cfg, "flip", flip))
     common = dict(mean=mean, std=std, seed=seed, rank=rank, world_size=world_size)

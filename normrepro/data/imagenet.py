@@ -1,24 +1,104 @@
-"""ImageNet through torchvision's ImageFolder (``root/train/<class>/*``, ``root/val/<class>/*``) and a DataLoader
-with workers, pinned memory and a DistributedSampler (also for one process: it gives seeded per-epoch shuffling)."""
+"""ImageNet in the ImageFolder layout (``root/train/<class>/*``, ``root/val/<class>/*``) through a DataLoader.
+
+Workers decode JPEGs and return uint8 crops (4x less to copy than float); the device loader moves them
+(pinned, non-blocking) and normalizes there. Augmentation is seeded per (seed, epoch, image) rather than by
+the workers' global RNG, so batches are deterministic given (seed, epoch) whatever the worker count, with
+persistent workers too, and a resumed run sees what an uninterrupted one sees.
+"""
 from __future__ import annotations
 
+import math
+import random
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
-from torch.utils.data.distributed import DistributedSampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
+from normrepro.data.memory import epoch_generator
 from normrepro.errors import ConfigError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class DeviceLoader:
-    """A DataLoader whose batches land on ``device`` (non-blocking), with ``len`` and ``set_epoch``."""
+def random_resized_crop_params(width, height, rng: random.Random, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
+    """torchvision's RandomResizedCrop.get_params (top, left, h, w), drawing from ``rng``."""
+    area = width * height
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target = area * rng.uniform(*scale)
+        aspect = math.exp(rng.uniform(*log_ratio))
+        w, h = int(round(math.sqrt(target * aspect))), int(round(math.sqrt(target / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            return rng.randint(0, height - h), rng.randint(0, width - w), h, w
+    in_ratio = width / height  # fallback: central crop of the whole image, aspect clamped to ``ratio``
+    w, h = width, height
+    if in_ratio < min(ratio):
+        h = int(round(w / min(ratio)))
+    elif in_ratio > max(ratio):
+        w = int(round(h * max(ratio)))
+    return (height - h) // 2, (width - w) // 2, h, w
 
-    def __init__(self, loader: DataLoader, sampler: DistributedSampler, device: torch.device):
+
+class FolderImages(Dataset):
+    """(path, label) samples -> (uint8 [3, size, size], label). Train: ``dataset[(index, epoch)]`` gives a
+    RandomResizedCrop + flip seeded by (seed, epoch, index); eval: ``dataset[index]`` gives resize + center crop."""
+
+    def __init__(self, samples, size, train, seed=0, flip=True, min_scale=0.08):
+        self.samples, self.size, self.train = samples, int(size), bool(train)
+        self.seed, self.flip, self.min_scale = int(seed), bool(flip), float(min_scale)
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, key):
+        from torchvision.datasets.folder import default_loader
+        from torchvision.transforms import functional as TF
+
+        index, epoch = key if self.train else (key, 0)
+        path, label = self.samples[index]
+        img = default_loader(path)
+        if self.train:
+            rng = random.Random(f"{self.seed}/{epoch}/{index}")  # str seeds are hashed (sha512): stable everywhere
+            top, left, h, w = random_resized_crop_params(img.width, img.height, rng, (self.min_scale, 1.0))
+            img = TF.resized_crop(img, top, left, h, w, [self.size, self.size], antialias=True)
+            if self.flip and rng.random() < 0.5:
+                img = TF.hflip(img)
+        else:
+            img = TF.center_crop(TF.resize(img, int(self.size * 256 / 224), antialias=True), self.size)
+        return TF.pil_to_tensor(img), label
+
+
+class ShardSampler(Sampler):
+    """Train: the (seed, epoch) permutation, positions rank, rank + world_size, ..., N // world_size of them,
+    yielded as (index, epoch). Eval: indices rank, rank + world_size, ... in order, no padding."""
+
+    def __init__(self, n, shuffle, seed=0, rank=0, world_size=1):
+        self.n, self.shuffle, self.seed, self.rank, self.world_size = n, shuffle, seed, rank, world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch):
+        self.epoch = int(epoch)
+
+    def __len__(self):
+        return self.n // self.world_size if self.shuffle else len(range(self.rank, self.n, self.world_size))
+
+    def __iter__(self):
+        if not self.shuffle:
+            return iter(range(self.rank, self.n, self.world_size))
+        perm = torch.randperm(self.n, generator=epoch_generator(self.seed, self.epoch))
+        mine = perm[self.rank::self.world_size][:len(self)].tolist()
+        return iter([(i, self.epoch) for i in mine])
+
+
+class DeviceLoader:
+    """A DataLoader of uint8 batches -> normalized float32 batches on ``device``, with ``len`` and ``set_epoch``."""
+
+    def __init__(self, loader: DataLoader, sampler: ShardSampler, device: torch.device, mean, std):
         self.loader, self.sampler, self.device = loader, sampler, device
+        mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        std = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        self.scale, self.shift = 1.0 / (255.0 * std), -mean / std
 
     def set_epoch(self, epoch: int) -> None:
         self.sampler.set_epoch(epoch)
@@ -28,31 +108,48 @@ class DeviceLoader:
 
     def __iter__(self):
         for x, y in self.loader:
-            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            x = x.to(self.device, non_blocking=True).float().mul_(self.scale).add_(self.shift)
+            yield x, y.to(self.device, non_blocking=True)
+
+
+def _samples(folder: Path, class_to_idx, allow_empty):
+    from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
+
+    try:
+        return make_dataset(str(folder), class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=allow_empty)
+    except (FileNotFoundError, OSError) as e:
+        raise ConfigError(f"ImageNet folder {str(folder)!r} is incomplete ({' '.join(str(e).split())})") from None
 
 
 def imagenet_loaders(cfg, batch_size, eval_batch_size, device, seed, rank=0, world_size=1):
-    from torchvision import datasets, transforms as T
-
-    root = Path(cfg.get("root", "data/imagenet"))
+    """(train, test, num_classes, num_train, num_test) for the ImageFolder tree under ``cfg.root``."""
+    root = Path(str(cfg.get("root", "data/imagenet")))
     for split in ("train", "val"):
         if not (root / split).is_dir():
             raise ConfigError(f"ImageNet folder {str(root / split)!r} not found; set dataset.root=<dir> holding "
                               f"train/<class>/*.JPEG and val/<class>/*.JPEG (ImageFolder layout)")
-    size = int(cfg.get("image_size", 224))
-    norm = T.Normalize(IMAGENET_MEAN, IMAGENET_STD)
-    train_tf = T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), T.ToTensor(), norm])
-    eval_tf = T.Compose([T.Resize(int(size * 256 / 224)), T.CenterCrop(size), T.ToTensor(), norm])
-    train_ds = datasets.ImageFolder(str(root / "train"), train_tf)
-    val_ds = datasets.ImageFolder(str(root / "val"), eval_tf)
-    workers = int(cfg.get("num_workers", 8))
+    from torchvision.datasets.folder import find_classes
 
-    def loader(ds, bs, train):
-        sampler = DistributedSampler(ds, num_replicas=world_size, rank=rank, shuffle=train, seed=seed,
-                                     drop_last=train)
-        dl = DataLoader(ds, batch_size=bs, sampler=sampler, num_workers=workers, drop_last=train,
+    try:
+        classes, class_to_idx = find_classes(str(root / "train"))
+    except FileNotFoundError:
+        raise ConfigError(f"ImageNet folder {str(root / 'train')!r} has no <class>/ subfolders") from None
+    train_samples = _samples(root / "train", class_to_idx, allow_empty=False)
+    val_samples = _samples(root / "val", class_to_idx, allow_empty=True)
+    if not val_samples:
+        raise ConfigError(f"ImageNet folder {str(root / 'val')!r} has no images in <class>/ subfolders named as in "
+                          f"train/ (ImageFolder layout; sort a flat val/ into class folders first)")
+    size = int(cfg.get("image_size", 224) or 224)
+    workers = int(cfg.get("num_workers", 4) or 0)
+    flip, min_scale = bool(cfg.get("flip", True)), float(cfg.get("min_scale", 0.08) or 0.08)
+    drop_last = bool(cfg.get("drop_last", True))
+
+    def loader(samples, bs, train):
+        ds = FolderImages(samples, size, train, seed, flip, min_scale)
+        sampler = ShardSampler(len(ds), train, seed, rank, world_size)
+        dl = DataLoader(ds, batch_size=bs, sampler=sampler, num_workers=workers, drop_last=train and drop_last,
                         pin_memory=device.type == "cuda", persistent_workers=workers > 0)
-        return DeviceLoader(dl, sampler, device)
+        return DeviceLoader(dl, sampler, device, IMAGENET_MEAN, IMAGENET_STD)
 
-    return (loader(train_ds, batch_size, True), loader(val_ds, eval_batch_size, False), len(train_ds.classes),
-            len(train_ds), len(val_ds))
+    train, test = loader(train_samples, batch_size, True), loader(val_samples, eval_batch_size, False)
+    return train, test, len(classes), len(train_samples), len(val_samples)

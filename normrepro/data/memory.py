@@ -1,56 +1,69 @@
-"""In-memory data path (airbench style): the whole set as a uint8 tensor on the training device,
-random crop + flip + normalization done on whole batches there.
+"""In-memory data path (airbench style): the whole set as a uint8 [N, C, H, W] tensor on the training device;
+random crop + flip + normalization are done on whole batches there.
 
-Shuffling and augmentation draw from a CPU ``torch.Generator`` seeded by (seed, epoch), so a run resumed
-at epoch e sees exactly the batches an uninterrupted run sees, on any device.
+All random numbers (permutation, crop offsets, flips) come from a CPU ``torch.Generator`` seeded by
+(seed, epoch), drawn once per epoch and moved to the device in one transfer: a run resumed at epoch e sees
+exactly the batches an uninterrupted run sees, on any device. Each random number belongs to a position of the
+global permutation, and rank r takes positions r, r + world_size, ...: with a per-process batch of B/world_size,
+the ranks' batch b together is exactly the single-process batch b of size B.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
+import torch.nn.functional as F
+
+
+def mix_seed(*values: int) -> int:
+    """A well-mixed 64-bit seed from integers (seed, epoch, ...); any ints, negative ones included."""
+    return int(np.random.SeedSequence([int(v) % 2**64 for v in values]).generate_state(1, np.uint64)[0])
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
-    return torch.Generator().manual_seed(int(seed) * 100_003 + int(epoch))
+    """The CPU generator for one epoch's shuffling and augmentation."""
+    return torch.Generator().manual_seed(mix_seed(seed, epoch))
 
 
-def batch_crop(padded: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, size: int) -> torch.Tensor:
-    """Crop ``padded[i, :, dy[i]:dy[i]+size, dx[i]:dx[i]+size]`` for every image i, vectorized."""
-    n, c, _, _ = padded.shape
-    ar = torch.arange(size, device=padded.device)
-    rows = (dy.to(padded.device)[:, None] + ar)[:, None, :, None]  # n,1,size,1
-    cols = (dx.to(padded.device)[:, None] + ar)[:, None, None, :]  # n,1,1,size
-    idx_n = torch.arange(n, device=padded.device)[:, None, None, None]
-    idx_c = torch.arange(c, device=padded.device)[None, :, None, None]
-    return padded[idx_n, idx_c, rows, cols]
+def batch_crop(images: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, size, flip: torch.Tensor | None = None):
+    """``images[i, :, dy[i]:dy[i]+h, dx[i]:dx[i]+w]`` for every i (mirrored left-right where ``flip[i]``),
+    as one gather over the flattened pixels. ``images`` is [n, C, H, W] of any dtype; ``size`` is h or (h, w)."""
+    n, c, height, width = images.shape
+    h, w = (size, size) if isinstance(size, int) else size
+    dev = images.device
+    rows = dy.to(dev)[:, None] + torch.arange(h, device=dev)  # n, h
+    cols = torch.arange(w, device=dev).expand(n, w)
+    if flip is not None:
+        cols = torch.where(flip.to(dev)[:, None], w - 1 - cols, cols)
+    cols = dx.to(dev)[:, None] + cols  # n, w
+    index = (rows[:, :, None] * width + cols[:, None, :]).view(n, 1, h * w).expand(n, c, h * w)
+    return images.reshape(n, c, height * width).gather(2, index).view(n, c, h, w)
 
 
 class InMemoryLoader:
-    """Batches of (normalized float32 images, int64 labels) from a uint8 [N,C,H,W] tensor on the device.
+    """Batches of (normalized float32 images, int64 labels) from a uint8 [N, C, H, W] tensor on its device.
 
-    Train mode: a fresh permutation per epoch (sliced by rank), random crop from the zero-padded image
-    (``pad``) and random horizontal flip (``flip``). Eval mode (shuffle=False): every image once, in order.
+    ``shuffle``: a fresh permutation per epoch; each rank keeps N // world_size positions of it (equal batch
+    counts for DDP). Without shuffle: images rank, rank + world_size, ... in order, none dropped.
+    ``pad``/``flip``: random crop from the zero-padded image (torchvision RandomCrop(padding=pad)) and random
+    horizontal flip with probability 1/2. ``mean``/``std`` are per channel, in [0, 1] pixel units.
     """
 
     def __init__(self, images, labels, batch_size, mean, std, shuffle=False, pad=0, flip=False, seed=0,
                  drop_last=False, rank=0, world_size=1):
+        if images.dtype != torch.uint8 or images.dim() != 4:
+            raise ValueError(f"images must be uint8 [N, C, H, W], got {images.dtype} {tuple(images.shape)}")
         self.images, self.labels = images, labels
-        self.batch_size, self.shuffle, self.pad, self.flip = int(batch_size), shuffle, int(pad), bool(flip)
-        self.seed, self.drop_last, self.rank, self.world_size = seed, drop_last, rank, world_size
-        self.mean = torch.as_tensor(mean, dtype=torch.float32, device=images.device).view(1, -1, 1, 1) * 255
-        self.std = torch.as_tensor(std, dtype=torch.float32, device=images.device).view(1, -1, 1, 1) * 255
-        self.padded = torch.nn.functional.pad(images, (pad,) * 4) if shuffle and pad > 0 else None
+        self.batch_size, self.shuffle, self.pad, self.flip = int(batch_size), bool(shuffle), int(pad), bool(flip)
+        self.seed, self.drop_last, self.rank, self.world_size = int(seed), bool(drop_last), int(rank), int(world_size)
+        dev = images.device
+        mean = torch.tensor([float(m) for m in mean], dtype=torch.float32, device=dev).view(1, -1, 1, 1)
+        std = torch.tensor([float(s) for s in std], dtype=torch.float32, device=dev).view(1, -1, 1, 1)
+        self.scale, self.shift = 1.0 / (255.0 * std), -mean / std  # x_float = uint8 * scale + shift
+        self.padded = F.pad(images, (self.pad,) * 4) if self.pad > 0 else images
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
-
-    def _indices(self, gen) -> torch.Tensor:
-        n = self.images.shape[0]
-        if self.shuffle:
-            perm = torch.randperm(n, generator=gen)
-            per_rank = n // self.world_size
-            return perm[self.rank * per_rank:(self.rank + 1) * per_rank]
-        return torch.arange(self.rank, n, self.world_size)
 
     def _num_items(self) -> int:
         n = self.images.shape[0]
@@ -60,20 +73,27 @@ class InMemoryLoader:
         n = self._num_items()
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
+    def _epoch_plan(self):
+        """(order, dy, dx, flip) for this rank's positions this epoch, on the device (augmentation ones None)."""
+        n, gen = self.images.shape[0], epoch_generator(self.seed, self.epoch)
+        order = torch.randperm(n, generator=gen) if self.shuffle else torch.arange(n)
+        dy = dx = flip = None
+        if self.pad > 0 or self.flip:
+            dy, dx = torch.randint(0, 2 * self.pad + 1, (2, n), generator=gen)
+            flip = torch.rand(n, generator=gen) < 0.5 if self.flip else None
+        mine = slice(self.rank, self.rank + self.world_size * self._num_items(), self.world_size)
+        dev = self.images.device
+        return [None if t is None else t[mine].to(dev, non_blocking=True) for t in (order, dy, dx, flip)]
+
     def __iter__(self):
-        gen = epoch_generator(self.seed, self.epoch)
-        idx = self._indices(gen)
-        size = self.images.shape[-1]
+        order, dy, dx, flip = self._epoch_plan()
+        size = tuple(self.images.shape[-2:])
         for b in range(len(self)):
-            bi = idx[b * self.batch_size:(b + 1) * self.batch_size]
-            bi_dev = bi.to(self.images.device, non_blocking=True)
-            if self.padded is not None:
-                dy = torch.randint(0, 2 * self.pad + 1, (len(bi),), generator=gen)
-                dx = torch.randint(0, 2 * self.pad + 1, (len(bi),), generator=gen)
-                x = batch_crop(self.padded[bi_dev], dy, dx, size)
+            part = slice(b * self.batch_size, (b + 1) * self.batch_size)
+            idx = order[part]
+            if dy is None:
+                x = self.images.index_select(0, idx)  # index_select: row copies, much faster than x[idx] on CPU
             else:
-                x = self.images[bi_dev]
-            if self.shuffle and self.flip:
-                mask = (torch.rand(len(bi), generator=gen) < 0.5).to(x.device).view(-1, 1, 1, 1)
-                x = torch.where(mask, x.flip(3), x)
-            yield (x.float() - self.mean) / self.std, self.labels[bi_dev]
+                crop_flip = None if flip is None else flip[part]
+                x = batch_crop(self.padded.index_select(0, idx), dy[part], dx[part], size, crop_flip)
+            yield x.float().mul_(self.scale).add_(self.shift), self.labels.index_select(0, idx)
