@@ -71,13 +71,15 @@ def time_fb(module, x, g, iters: int, sync) -> float:
     return (time.perf_counter() - t0) / iters
 
 
-def bench_case(shape, fmt, device, norms, rounds, iters, warmup):
+def bench_case(shape, fmt, device, norms, rounds, iters, warmup, compile_=False):
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     x = torch.randn(shape, device=device).contiguous(memory_format=fmt).requires_grad_(True)
     g = torch.randn(shape, device=device).contiguous(memory_format=fmt)
     mods = {"BatchNorm2d": torch.nn.BatchNorm2d(shape[1]).to(device)}
     for name in norms:
         mods[name] = build_norm(name, shape[1]).to(device)
+    if compile_:  # whole-layer torch.compile (the norms then run their torch-ops path, fused by inductor)
+        mods = {k: torch.compile(m) for k, m in mods.items()}
     for m in mods.values():
         m.train()
         for _ in range(warmup):
@@ -110,6 +112,8 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--backend", default="auto", choices=["auto", "native", "torch"])
     p.add_argument("--markdown", default=None, help="also write the table(s) to this Markdown file")
+    p.add_argument("--compile", action="store_true", help="time torch.compile'd layers (BatchNorm2d too)")
+    p.add_argument("--shapes", default="all", help="'all' or indices into the 4 shapes, e.g. 0,3")
     p.add_argument("--no-keep-memory", action="store_true",
                    help="leave glibc's default trimming on (timings then include page faults, noisily)")
     args = p.parse_args(argv)
@@ -136,7 +140,8 @@ def main(argv=None) -> int:
         else:
             what = f"CUDA ({torch.cuda.get_device_name(device)})"
         title = (f"{what}, torch {torch.__version__}, backend={args.backend}"
-                 f"{' (native CPU kernels)' if native else ' (torch ops)'}"
+                 f"{' (native CPU kernels)' if native and not args.compile else ' (torch ops)'}"
+                 f"{', torch.compile' if args.compile else ''}"
                  f"{', freed memory kept mapped' if kept and device.type == 'cpu' else ''}")
         head = ["shape", "layout", "BatchNorm2d ms"] + [f"{n} ms (×BN)" for n in norms] + \
                [f"{n} saved ×BN" for n in norms]
@@ -144,13 +149,14 @@ def main(argv=None) -> int:
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         print(lines[0])
         print(lines[1])
-        for shape in SHAPES:
+        shapes = SHAPES if args.shapes == "all" else [SHAPES[int(i)] for i in args.shapes.split(",")]
+        for shape in shapes:
             numel = 1
             for s in shape:
                 numel *= s
             iters = args.iters or max(3, int(4e7 / numel) if device.type == "cpu" else 50)
             for lname, fmt in LAYOUTS.items():
-                r = bench_case(shape, fmt, device, norms, args.rounds, iters, args.warmup)
+                r = bench_case(shape, fmt, device, norms, args.rounds, iters, args.warmup, args.compile)
                 row = ["×".join(map(str, shape)), lname, f"{r['BatchNorm2d']['ms']:.2f}"]
                 row += [f"{r[n]['ms']:.2f} ({r[n]['ratio']:.2f}×)" for n in norms]
                 row += [f"{r[n]['saved']:.2f}" for n in norms]

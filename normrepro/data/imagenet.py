@@ -140,7 +140,7 @@ def imagenet_loaders(cfg, batch_size, eval_batch_size, device, seed, rank=0, wor
         raise ConfigError(f"ImageNet folder {str(root / 'val')!r} has no images in <class>/ subfolders named as in "
                           f"train/ (ImageFolder layout; sort a flat val/ into class folders first)")
     size = int(cfg.get("image_size", 224) or 224)
-    workers = int(cfg.get("num_workers", 4) or 0)
+    workers = int(cfg.get("num_workers", 8) or 0)
     flip, min_scale = bool(cfg.get("flip", True)), float(cfg.get("min_scale", 0.08) or 0.08)
     drop_last = bool(cfg.get("drop_last", True))
 

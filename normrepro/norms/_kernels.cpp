@@ -10,10 +10,9 @@
 // The index of a value inside its channel is i = a*B + b, 0 <= i < n = A*B.
 //
 // Work is done per channel group, on a 2-D view of A rows by L columns (element (a, j) at p[a*rs + j],
-// column j belonging to the group's channel j / B): planar tensors one channel at a time (L = B,
-// rs = C*B), row tensors in blocks of CB channels (L = CB, B = 1, rs = C), CB chosen so that a block
-// of x and dy fits in the L2 cache. The fused kernels (nr_fwd, nr_bwd) make all their passes over a
-// group before moving on, so the second and third passes read the cache, not memory.
+// rs = C*B, column j belonging to the group's channel j / B): planar tensors in groups of at least 256
+// columns (one channel when B >= 256), row tensors all channels at once (or a share per thread). The
+// fused kernels (nr_fwd, nr_bwd) make all their passes over a group before moving on.
 //
 // Sums of float32 data are accumulated in float over short row blocks (vectorised) and in double
 // across blocks. Groups run in parallel with OpenMP on `nt` threads (the caller passes
@@ -37,34 +36,42 @@ const i64 kSerial = 1 << 15;           // fewer elements than this: one thread
 inline int threads_for(int nt, i64 numel) { return (nt < 1 || numel < kSerial) ? 1 : nt; }
 
 // ---------------------------------------------------------------- channel groups
+// Group g holds channels [g*CB, g*CB + nch): a view of A rows (stride C*B) by nch*B columns starting at
+// element (0, g*CB, 0). Planar tensors: CB*B >= 256 columns per group (one channel when B >= 256, so
+// that the passes over a channel hit the cache); rows: all channels, or a share per thread.
 struct Geometry {
-  i64 A, C, B;  // the tensor as (A, C, B)
-  i64 CB;       // rows layout: channels per group
+  i64 A, C, B;
+  i64 CB;  // channels per group
   i64 groups;
-  Geometry(i64 A_, i64 C_, i64 B_, int nt, i64 elem) : A(A_), C(C_), B(B_), CB(1) {
-    if (B > 1) {
-      groups = C;
-      return;
-    }
-    // Column blocks that fit the cache were tried and lost: short strided rows vectorise badly. Whole rows,
-    // split among the threads.
-    (void)elem;
-    CB = nt > 1 ? std::max<i64>(16, (C / nt + 15) / 16 * 16) : C;
-    CB = std::min(CB, C);
+  Geometry(i64 A_, i64 C_, i64 B_, int nt) : A(A_), C(C_), B(B_) {
+    if (B > 1)
+      CB = (256 + B - 1) / B;
+    else
+      CB = nt > 1 ? std::max<i64>(16, (C / nt + 15) / 16 * 16) : C;
+    CB = std::max<i64>(1, std::min(CB, C));
     groups = (C + CB - 1) / CB;
   }
-  i64 c0(i64 g) const { return B > 1 ? g : g * CB; }
-  i64 nch(i64 g) const { return B > 1 ? 1 : std::min(CB, C - g * CB); }
-  i64 offset(i64 g) const { return B > 1 ? g * B : g * CB; }  // of element (0, c0, 0)
+  i64 c0(i64 g) const { return g * CB; }
+  i64 nch(i64 g) const { return std::min(CB, C - g * CB); }
+  i64 offset(i64 g) const { return g * CB * B; }  // of element (0, c0, 0)
   i64 rs() const { return C * B; }
   i64 cols(i64 g) const { return nch(g) * B; }
 };
 
+template <typename T>
+struct TopList;
+
 // Scratch buffers of one thread, grown on demand.
 template <typename T>
 struct Scratch {
+  std::vector<TopList<T>> lists;
   std::vector<T> t0, t1, t2, t3, t4, pc;  // pc: per-channel coefficients of the fused kernels
   std::vector<double> d0, d1;
+  std::vector<uint8_t> m0, m1;
+  uint8_t* getm(std::vector<uint8_t>& v, size_t n) {
+    if (v.size() < n) v.resize(n);
+    return v.data();
+  }
   std::vector<i64> iv;
   T* get(std::vector<T>& v, size_t n) {
     if (v.size() < n) v.resize(n);
@@ -277,6 +284,12 @@ inline T nan_low(T v) {  // NaN -> -1: never a candidate (a NaN channel has a Na
   return v >= T(0) ? v : T(-1);
 }
 
+inline i64 topk_block_rows(i64 A, i64 B) {  // rows per block: a few hundred blocks per channel
+  i64 R = 8;
+  while (R < 256 && R < A && (A / R) * B > 512) R *= 2;
+  return R;
+}
+
 // Per channel of the view: dev[ch*k + j] = the signed x - mu of the j-th largest |x - mu|, idx[...] its
 // index inside the channel (a*B + b). Three phases, each at most about one vectorised pass:
 // (1) blocks = one column over R consecutive rows (a few hundred per channel); bm = block max |x - mu|;
@@ -287,8 +300,7 @@ template <typename T>
 void view_topk(const T* __restrict__ p, i64 rs, i64 A, i64 L, i64 B, const T* __restrict__ mu, int k,
                T* __restrict__ dev, i64* __restrict__ idx, Scratch<T>& S) {
   const i64 nch = L / B, kk = k;
-  i64 R = 8;
-  while (R < 256 && R < A && (A / R) * B > 512) R *= 2;
+  const i64 R = topk_block_rows(A, B);
   const i64 m = (A + R - 1) / R;
   T* __restrict__ me = S.get(S.t0, L);
   T* __restrict__ te = S.get(S.t1, L);
@@ -328,28 +340,72 @@ void view_topk(const T* __restrict__ p, i64 rs, i64 A, i64 L, i64 B, const T* __
     for (i64 j = 0; j < L; ++j) te[j] = t[j / B];
   }
   // phase 3
-  T* __restrict__ av = S.get(S.t1, size_t(nch) * kk);  // te is no longer needed
-  std::vector<i64>& cols = S.iv;
-  for (i64 ch = 0; ch < nch; ++ch) {
-    TopList<T> Lc{av + ch * kk, dev + ch * kk, idx + ch * kk, 0, k, T(-1)};
-    const T tc = t[ch], mc = mu[ch];
+  std::vector<TopList<T>>& lists = S.lists;
+  T* __restrict__ av = S.get(S.t2, size_t(nch) * kk);  // acc is no longer needed
+  lists.clear();
+  for (i64 ch = 0; ch < nch; ++ch) lists.push_back(TopList<T>{av + ch * kk, dev + ch * kk, idx + ch * kk, 0, k, T(-1)});
+  if (B == 1) {
+    // (a) list the values of the candidate blocks, block rows in order (a vectorised test per 16 channels);
+    // (b) load them with independent loads (they are scattered: one cache line each);
+    // (c) select. Per channel the order is the index order.
+    std::vector<i64>& cand = S.iv;  // (row << 32) | channel
+    cand.clear();
+    uint8_t* __restrict__ mk = S.getm(S.m0, size_t(L) + 8);
     for (i64 q = 0; q < m; ++q) {
-      const T* b = bm + q * L + ch * B;
-      cols.clear();
-      for (i64 bb = 0; bb < B; ++bb)
-        if (b[bb] >= tc) cols.push_back(bb);
-      if (cols.empty()) continue;
-      for (i64 a = q * R; a < std::min(A, q * R + R); ++a) {
-        const T* r = p + a * rs + ch * B;
-        for (i64 bb : cols) {
-          const T d = r[bb] - mc;
-          const T ad = std::abs(d);
-          if (ad >= tc && ad > Lc.thr) Lc.insert(ad, d, a * B + bb);
+      const T* __restrict__ b = bm + q * L;
+      const i64 a1 = std::min(A, q * R + R);
+      for (i64 j = 0; j < L; ++j) mk[j] = b[j] >= te[j];  // vectorised
+      for (i64 j0 = 0; j0 < L; j0 += 8) {
+        uint64_t w;
+        std::memcpy(&w, mk + j0, 8);  // bytes past L: stale zeros or ones of no channel, masked below
+        if (j0 + 8 > L) w &= (uint64_t(1) << (8 * (L - j0))) - 1;
+        while (w) {
+          const int byte = __builtin_ctzll(w) / 8;
+          w &= ~(uint64_t(0xff) << (8 * byte));
+          const i64 j = j0 + byte;
+          for (i64 a = q * R; a < a1; ++a) cand.push_back((a << 32) | j);
         }
       }
     }
-    Lc.finish();
+    const size_t nc = cand.size();
+    T* __restrict__ vals = S.get(S.t0, nc);  // me is no longer needed
+    for (size_t i = 0; i < nc; ++i) vals[i] = p[(cand[i] >> 32) * rs + (cand[i] & 0xffffffff)];
+    uint8_t* __restrict__ keep = S.getm(S.m1, nc);
+    for (size_t i = 0; i < nc; ++i) {  // branch-free filter: most values are below t
+      const i64 j = cand[i] & 0xffffffff;
+      keep[i] = std::abs(vals[i] - mu[j]) >= te[j];
+    }
+    for (size_t i = 0; i < nc; ++i) {
+      if (!keep[i]) continue;
+      const i64 j = cand[i] & 0xffffffff;
+      const T d = vals[i] - mu[j];
+      const T ad = std::abs(d);
+      TopList<T>& Lc = lists[size_t(j)];
+      if (ad > Lc.thr) Lc.insert(ad, d, cand[i] >> 32);
+    }
+  } else {  // channel by channel; in a block, rows then candidate columns (index order a*B + b)
+    std::vector<i64>& cols = S.iv;
+    for (i64 ch = 0; ch < nch; ++ch) {
+      TopList<T>& Lc = lists[size_t(ch)];
+      const T tc = t[ch], mc = mu[ch];
+      for (i64 q = 0; q < m; ++q) {
+        const T* b = bm + q * L + ch * B;
+        cols.clear();
+        for (i64 bb = 0; bb < B; ++bb)
+          if (b[bb] >= tc) cols.push_back(bb);
+        if (cols.empty()) continue;
+        for (i64 a = q * R; a < std::min(A, q * R + R); ++a) {
+          const T* r = p + a * rs + ch * B;
+          for (i64 bb : cols) {
+            const T d = r[bb] - mc;
+            const T ad = std::abs(d);
+            if (ad >= tc && ad > Lc.thr) Lc.insert(ad, d, a * B + bb);
+          }
+        }
+      }
+    }
   }
+  for (auto& Lc : lists) Lc.finish();
 }
 
 // dx[channel ch, index i] += w for the k selected indices of each channel of the view
@@ -366,12 +422,12 @@ void view_scatter_add(T* __restrict__ pd, i64 rs, i64 nch, i64 B, int k, const i
 // ---------------------------------------------------------------- driver over the channel groups
 template <typename T, typename F>
 void for_groups(i64 A, i64 C, i64 B, int nt, F&& fn) {
-  const Geometry G(A, C, B, nt, i64(sizeof(T)) * 2);
+  const Geometry G(A, C, B, nt);
   nt = threads_for(nt, A * C * B);
   nt = int(std::min<i64>(nt, G.groups));
 #pragma omp parallel num_threads(nt)
   {
-    Scratch<T> S;
+    static thread_local Scratch<T> S;  // kept between calls: no allocation (and page faults) per call
 #pragma omp for schedule(dynamic, 1)
     for (i64 g = 0; g < G.groups; ++g) fn(G, g, S);
   }

@@ -3,8 +3,9 @@
 The library is compiled on first use with the system C++ compiler (the same one torch.compile's CPU
 backend needs), cached under ``$NORMREPRO_CACHE_DIR`` (default ``~/.cache/normrepro``, or the temp
 dir when that is not writable) in a file named by a hash of the source, the flags and the CPU, and
-reused afterwards. When no compiler is available, or ``NORMREPRO_NATIVE=0``, ``lib()`` returns None
-and the layers use their torch-ops path instead (same results, slower on the CPU).
+reused afterwards. When it cannot be built (no compiler: ``lib()`` returns None and warns once), or
+with ``NORMREPRO_NATIVE=0`` in the environment, the layers use their torch-ops path instead (same
+results, slower on the CPU).
 """
 from __future__ import annotations
 
@@ -108,6 +109,7 @@ def _build() -> ctypes.CDLL:
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
+        _prune(target.parent, keep=target)
     lib = ctypes.CDLL(str(target))
     if lib.nr_abi_version() != ABI_VERSION:
         raise RuntimeError(f"{target} has a different ABI version")
@@ -118,6 +120,17 @@ def _build() -> ctypes.CDLL:
             fn.restype = None
             _FUNCS[(base, dtype)] = fn
     return lib
+
+
+def _prune(directory: Path, keep: Path, newest: int = 4) -> None:
+    """Delete all but the ``newest`` builds of older sources (a loaded library stays mapped when deleted)."""
+    try:
+        builds = sorted(directory.glob("normrepro_norms_*.so"), key=lambda p: p.stat().st_mtime, reverse=True)
+        for old in builds[newest:]:
+            if old != keep:
+                old.unlink()
+    except OSError:
+        pass
 
 
 def enabled() -> bool:

@@ -87,6 +87,17 @@ def view3(x: Tensor) -> Tensor:
     return x.view(n, c, -1)
 
 
+def geometry(x: Tensor) -> tuple[int, int, int]:
+    """(A, C, B) of a dense x as ``view3`` would see it, without building the view."""
+    n, c = x.shape[0], x.shape[1]
+    if x.dim() == 2:
+        return n, c, 1
+    hw = x.shape[2] * x.shape[3]
+    if memory_format(x) is torch.channels_last:
+        return n * hw, c, 1
+    return n, c, hw
+
+
 def _v(t: Tensor) -> Tensor:
     return t.view(1, -1, 1)
 
@@ -207,6 +218,17 @@ class L1Stats(_Stats):
         dx3.sign_().mul_(_v(kc)).addcmul_(dy3, _v(a)).add_(_v(c0))
 
 
+def encode_selection(idx: Tensor, dev: Tensor) -> Tensor:
+    """The k selected indices and the signs of their deviations in one int64 tensor, (idx + 1) * sign,
+    so that the backward keeps no more than BatchNorm's bytes for L-inf (a zero deviation has no gradient)."""
+    return (idx + 1) * torch.nan_to_num(dev.sign(), nan=0.0).to(torch.int64)
+
+
+def decode_selection(code: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """(indices, signs in ``dtype``) from ``encode_selection``."""
+    return (code.abs() - 1).clamp_min_(0), code.sign().to(dtype)
+
+
 @dataclass(frozen=True)
 class TopkStats(_Stats):
     """s = C(n) * mean of the k largest |x - mu| + eps (k capped at n); L-infinity is k = 1."""
@@ -228,11 +250,11 @@ class TopkStats(_Stats):
             dev = d.gather(1, idx)
         adev = dev.abs()
         f = c_linf(n) * adev.mean(1)
-        return BatchStats(mu, f, (idx, dev.sign()), adev[:, 0])
+        return BatchStats(mu, f, (encode_selection(idx, dev),), adev[:, 0])
 
     def input_grad(self, x3, dy3, dx3, mu, s, a, q, mean_dy, aux) -> None:
         # dx = a*dy + c0 everywhere, plus w at the k selected values of each channel
-        idx, sgn = aux
+        idx, sgn = decode_selection(aux[0], x3.dtype)
         na, c, b = x3.shape
         n, k = na * b, idx.shape[1]
         cn = c_linf(n)
@@ -296,44 +318,46 @@ class LpBatchNormFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor | None, bias: Tensor | None, stats: _Stats,
                 compute_dtype: torch.dtype):
+        ctx.set_materialize_grads(False)
         xd = dense(x)
-        x3 = view3(xd)
-        xc3 = x3 if x3.dtype == compute_dtype else x3.to(compute_dtype)
-        na, c, b = xc3.shape
-        n = na * b
         w = weight.to(compute_dtype).contiguous() if weight is not None else None
         bi = bias.to(compute_dtype).contiguous() if bias is not None else None
-        y = torch.empty_like(xd, dtype=compute_dtype)
-        y3 = view3(y)
-
-        kind = fused_kind(stats) if compute_dtype == x.dtype and use_native(xc3) else None
-        if kind is not None:  # statistics and output in one kernel
+        kind = fused_kind(stats) if compute_dtype == x.dtype and use_native(xd) else None
+        if kind is not None:  # statistics and output in one kernel, on the dense tensor itself
+            na, c, b = geometry(xd)
+            n = na * b
             k = min(stats.k, n) if kind == 1 else 1
             cscale = c_linf(n) if kind == 1 else C_L1
-            mu, f, s = xc3.new_empty(c), xc3.new_empty(c), xc3.new_empty(c)
-            aux1 = xc3.new_empty(c, k) if kind == 1 else xc3.new_empty(c)
+            y = torch.empty_like(xd)
+            mu, f, s = xd.new_empty(c), xd.new_empty(c), xd.new_empty(c)
+            aux1 = xd.new_empty(c, k) if kind == 1 else xd.new_empty(c)
             aux2 = torch.empty(c, k, dtype=torch.int64) if kind == 1 else None
-            max_dev = xc3.new_empty(c) if kind == 0 and stats.track_max_dev else None
-            _call("nr_fwd", xc3.dtype, kind, xc3, na, c, b, w, bi, stats.eps, cscale, k, y3, mu, f, s, aux1, aux2,
+            max_dev = xd.new_empty(c) if kind == 0 and stats.track_max_dev else None
+            _call("nr_fwd", xd.dtype, kind, xd, na, c, b, w, bi, stats.eps, cscale, k, y, mu, f, s, aux1, aux2,
                   max_dev, _nt())
             if kind == 1:
                 max_dev = aux1[:, 0].abs()
-                aux = (aux2, aux1.sign())
+                aux = (encode_selection(aux2, aux1),)
             else:
                 aux = (aux1,)
         else:
+            x3 = view3(xd)
+            xc3 = x3 if x3.dtype == compute_dtype else x3.to(compute_dtype)
+            na, c, b = xc3.shape
             st = stats.batch_stats(xc3)
             mu, f, aux, max_dev = st.mu, st.f, st.aux, st.max_dev
             s = stats.scale(f)
             scale = w / s if w is not None else s.reciprocal()
             shift = bi if bi is not None else torch.zeros_like(s)
+            y = torch.empty_like(xd, dtype=compute_dtype)
+            y3 = view3(y)
             if compute_dtype == x.dtype and use_native(xc3):
                 _call("nr_affine", xc3.dtype, xc3, na, c, b, mu, scale.contiguous(), shift, y3, _nt())
             else:
                 torch.sub(xc3, _v(mu), out=y3)
                 y3.mul_(_v(scale)).add_(_v(shift))
-        if y.dtype != x.dtype:
-            y = y.to(x.dtype)
+            if y.dtype != x.dtype:
+                y = y.to(x.dtype)
 
         ctx.save_for_backward(xd, weight, mu, s, *aux)
         ctx.stats = stats
@@ -350,23 +374,24 @@ class LpBatchNormFunction(torch.autograd.Function):
     def backward(ctx, dy, *_unused):
         xd, weight, mu, s, *aux = ctx.saved_tensors
         stats, cd, kind = ctx.stats, ctx.compute_dtype, ctx.kind
-        x3 = view3(xd)
-        dy3 = view3(dy.to(xd.dtype).contiguous(memory_format=memory_format(xd)))
-        na, c, b = x3.shape
-        n = na * b
         grad_x = grad_w = grad_b = None
+        if dy is None:  # y unused by the loss
+            return None, None, None, None, None
+        dyd = dy.to(xd.dtype).contiguous(memory_format=memory_format(xd))
 
-        if kind is not None and use_native(x3, dy3):  # sums and dx in one kernel
+        if kind is not None and use_native(xd, dyd):  # sums and dx in one kernel
+            na, c, b = geometry(xd)
+            n = na * b
             dx = torch.empty_like(xd)
-            sum_dy, sum_dyd = x3.new_empty(c), x3.new_empty(c)
+            sum_dy, sum_dyd = xd.new_empty(c), xd.new_empty(c)
             gamma = weight.to(cd).contiguous() if weight is not None else None
             if kind == 1:
-                idx, sgn = aux
-                k, cscale, aux1, aux2 = idx.shape[1], c_linf(n), sgn.contiguous(), idx.contiguous()
+                idx, sgn = decode_selection(aux[0], xd.dtype)
+                k, cscale, aux1, aux2 = idx.shape[1], c_linf(n), sgn, idx
             else:
-                k, cscale, aux1, aux2 = 1, C_L1, aux[0].contiguous(), None
-            _call("nr_bwd", x3.dtype, kind, x3, dy3, na, c, b, mu, s, gamma, cscale, k, aux1, aux2, view3(dx),
-                  sum_dy, sum_dyd, _nt())
+                k, cscale, aux1, aux2 = 1, C_L1, aux[0], None
+            _call("nr_bwd", xd.dtype, kind, xd, dyd, na, c, b, mu, s, gamma, cscale, k, aux1, aux2, dx, sum_dy,
+                  sum_dyd, _nt())
             if ctx.needs_input_grad[0]:
                 grad_x = dx
             if weight is not None and ctx.needs_input_grad[1]:
@@ -375,6 +400,9 @@ class LpBatchNormFunction(torch.autograd.Function):
                 grad_b = sum_dy.to(ctx.bias_dtype)
             return grad_x, grad_w, grad_b, None, None
 
+        x3, dy3 = view3(xd), view3(dyd)
+        na, c, b = x3.shape
+        n = na * b
         xc3 = x3 if x3.dtype == cd else x3.to(cd)
         dyc3 = dy3 if dy3.dtype == cd else dy3.to(cd)
         mean_dy, mean_dyd = stats.grad_sums(xc3, dyc3, mu)
@@ -398,3 +426,63 @@ def lp_batch_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, stats: 
                   compute_dtype: torch.dtype | None = None):
     """Training-mode Lp batch norm of x (N, C) or (N, C, H, W): (y, mu, f, max_dev)."""
     return LpBatchNormFunction.apply(x, weight, bias, stats, compute_dtype or x.dtype)
+
+
+class MeanBatchNormFunction(torch.autograd.Function):
+    """Mean-only batch norm, training: y = x - mu + beta. Returns (y, mu); saves no activation.
+    Backward: dx = dy - mean(dy), dbeta = sum(dy)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, bias: Tensor | None, compute_dtype: torch.dtype):
+        ctx.set_materialize_grads(False)
+        xd = dense(x)
+        ctx.bias_dtype = bias.dtype if bias is not None else None
+        ctx.compute_dtype = compute_dtype
+        if compute_dtype == x.dtype and use_native(xd):
+            na, c, b = geometry(xd)
+            mu = xd.new_empty(c)
+            _call("nr_mean", xd.dtype, xd, na, c, b, mu, _nt())
+            shift = bias.to(xd.dtype).contiguous() if bias is not None else xd.new_zeros(c)
+            y = torch.empty_like(xd)
+            _call("nr_affine", xd.dtype, xd, na, c, b, mu, xd.new_ones(c), shift, y, _nt())
+        else:
+            x3 = view3(xd)
+            xc3 = x3 if x3.dtype == compute_dtype else x3.to(compute_dtype)
+            mu = channel_mean(xc3)
+            shift = mu if bias is None else mu - bias.to(compute_dtype)
+            y = torch.empty_like(xd, dtype=compute_dtype)
+            torch.sub(xc3, _v(shift), out=view3(y))
+            if y.dtype != x.dtype:
+                y = y.to(x.dtype)
+        ctx.mark_non_differentiable(mu)
+        return y, mu
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy, _unused):
+        if dy is None:
+            return None, None, None
+        cd = ctx.compute_dtype
+        dyd = dense(dy)
+        grad_x = grad_b = None
+        if dyd.dtype == cd and use_native(dyd):
+            na, c, b = geometry(dyd)
+            s1 = dyd.new_empty(c)
+            _call("nr_grad_sums", dyd.dtype, None, dyd, na, c, b, None, s1, None, _nt())
+            if ctx.needs_input_grad[0]:
+                grad_x = torch.empty_like(dyd)
+                _call("nr_affine", dyd.dtype, dyd, na, c, b, s1 / (na * b), dyd.new_ones(c), dyd.new_zeros(c), grad_x,
+                      _nt())
+            sum_dy = s1
+        else:
+            dy3 = view3(dyd)
+            dyc3 = dy3 if dy3.dtype == cd else dy3.to(cd)
+            mean_dy = dyc3.mean((0, 2))
+            sum_dy = mean_dy * (dy3.shape[0] * dy3.shape[2])
+            if ctx.needs_input_grad[0]:
+                dx = torch.empty_like(dyd, dtype=cd)
+                torch.sub(dyc3, _v(mean_dy), out=view3(dx))
+                grad_x = dx if dx.dtype == dyd.dtype else dx.to(dyd.dtype)
+        if ctx.bias_dtype is not None and ctx.needs_input_grad[1]:
+            grad_b = sum_dy.to(ctx.bias_dtype)
+        return grad_x, grad_b, None

@@ -128,6 +128,17 @@ class LpBatchNorm(_RunningStats):
         self.register_buffer("running_scale", torch.ones(num_features))
 
     def make_stats(self) -> NF._Stats:
+        """The statistics object of this layer, rebuilt only when stats_cls, eps, k or track_max_dev change.
+        (A synchronized batch norm can set ``layer.stats_cls`` to a subclass whose ``batch_stats`` and
+        ``grad_sums`` all-reduce; the fused CPU kernels then step aside, see ``functional.fused_kind``.)"""
+        key = (self.stats_cls, self.eps, self.track_max_dev, getattr(self, "k", None))
+        cached = self.__dict__.get("_stats_cache")
+        if cached is None or cached[0] != key:
+            cached = (key, self._new_stats())
+            self.__dict__["_stats_cache"] = cached
+        return cached[1]
+
+    def _new_stats(self) -> NF._Stats:
         return self.stats_cls(eps=self.eps, track_max_dev=self.track_max_dev)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -183,7 +194,7 @@ class TopkBatchNorm(LpBatchNorm):
         super().__init__(num_features, **kwargs)
         self.k = k
 
-    def make_stats(self) -> NF._Stats:
+    def _new_stats(self) -> NF._Stats:
         return self.stats_cls(eps=self.eps, track_max_dev=True, k=self.k)
 
     def _record_max_dev(self, max_dev: torch.Tensor) -> None:  # free: the top-1 deviation
@@ -240,16 +251,16 @@ class MeanBatchNorm(_RunningStats):
         check_input(self, x)
         cd = self.stats_dtype or x.dtype
         with _autocast_off(x):
-            xc = x if x.dtype == cd else x.to(cd)
             if self.training:
-                dims = (0,) if x.dim() == 2 else (0, 2, 3)
-                mu = xc.mean(dims)
+                y, mu = NF.MeanBatchNormFunction.apply(x, self.bias, cd)
                 with torch.no_grad():
                     self._ema(self.running_mean, mu, self._factor())
                     if self.track_max_dev:
-                        self.last_max_dev = (xc - _param_view(mu, xc)).abs().amax().detach()
-            else:
-                mu = self.running_mean.to(cd)
+                        xc = x.detach().to(cd)
+                        self.last_max_dev = (xc - _param_view(mu, xc)).abs().amax()
+                return y
+            xc = x if x.dtype == cd else x.to(cd)
+            mu = self.running_mean.to(cd)
             shift = mu if self.bias is None else mu - self.bias.to(cd)
             y = xc - _param_view(shift, xc)
             return y if y.dtype == x.dtype else y.to(x.dtype)
