@@ -28,6 +28,10 @@ test: install
 test-all: install
 	$(PY) -m pytest -q
 
+## images/s of the train.py loop vs a minimal loop, and of the data path (docs/bench_train.md; minutes)
+bench: install
+	$(PY) scripts/bench_train.py
+
 clean:
 	rm -rf outputs multirun .pytest_cache .cache
 

@@ -5,6 +5,8 @@ final classifier ``model.fc``.
 """
 from __future__ import annotations
 
+import copy
+
 import functools
 import inspect
 
@@ -79,7 +81,9 @@ def is_norm_layer(module: nn.Module) -> bool:
 def scale_invariant_layers(model: nn.Module, input_shape=(2, 3, 16, 16)) -> list[tuple[str, nn.Module]]:
     """Conv/linear layers whose output goes straight into a normalization layer (so the loss is invariant to
     scaling their weight). Found by one forward pass on a dummy batch of ``input_shape``, matching the output
-    tensor of each conv/linear with the input tensor of each norm."""
+    tensor of each conv/linear with the input tensor of each norm. The pass runs on a copy of the model, so
+    running statistics are untouched."""
+    original, model = model, copy.deepcopy(model)
     outputs, feeds, hooks, keep = {}, set(), [], []  # keep: hold tensors so their ids are not reused
 
     def record_output(name):
@@ -107,4 +111,4 @@ def scale_invariant_layers(model: nn.Module, input_shape=(2, 3, 16, 16)) -> list
             h.remove()
         model.train(was_training)
     names = {outputs[i] for i in feeds if i in outputs}
-    return [(n, m) for n, m in model.named_modules() if n in names]
+    return [(n, m) for n, m in original.named_modules() if n in names]

@@ -21,10 +21,12 @@ from normrepro.norms.constants import C_L1, TOPK_DEFAULT, c_linf
 from normrepro.norms.functional import backend, get_backend, lp_batch_norm, set_backend
 from normrepro.norms.layers import (BatchNorm, L1BatchNorm, L2LpBatchNorm, LinfBatchNorm, LpBatchNorm,
                                     MeanBatchNorm, NoNorm, NormLayer, TopkBatchNorm)
+from normrepro.norms.sync import convert_sync_norms, is_sync_norm
 
 __all__ = ["build_norm", "norm_factory", "is_norm_layer", "NORM_NAMES", "NORM_OPTIONS", "L2_IMPLS", "C_L1",
            "c_linf", "BatchNorm", "L1BatchNorm", "L2LpBatchNorm", "LinfBatchNorm", "LpBatchNorm", "MeanBatchNorm",
-           "NoNorm", "NormLayer", "TopkBatchNorm", "lp_batch_norm", "set_backend", "get_backend", "backend"]
+           "NoNorm", "NormLayer", "TopkBatchNorm", "lp_batch_norm", "set_backend", "get_backend", "backend",
+           "convert_sync_norms", "is_sync_norm"]
 
 NORM_NAMES = ("l2", "l1", "linf", "topk", "mean", "none")
 L2_IMPLS = ("torch", "lp")

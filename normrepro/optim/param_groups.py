@@ -4,6 +4,7 @@
 - ``conv_linear``: weights of conv and linear layers only (no biases, no norm parameters).
 - ``classifier``: only the final classifier ``model.fc`` (weight and bias; the paper's "WD off").
 - ``none``: nothing.
+- ``wd_on`` / ``wd_off``: the paper's names for ``all`` / ``classifier``.
 """
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from torch import nn
 
 from normrepro.errors import choice_error
 
-WD_POLICIES = ("all", "conv_linear", "classifier", "none")
+WD_POLICIES = ("all", "conv_linear", "classifier", "none", "wd_on", "wd_off")
+ALIASES = {"wd_on": "all", "wd_off": "classifier"}
 
 _WEIGHTED = (nn.modules.conv._ConvNd, nn.Linear)
 
@@ -20,6 +22,7 @@ _WEIGHTED = (nn.modules.conv._ConvNd, nn.Linear)
 def decayed_parameter_names(model: nn.Module, policy: str) -> set[str]:
     if policy not in WD_POLICIES:
         raise choice_error("optim.wd_policy", policy, WD_POLICIES)
+    policy = ALIASES.get(policy, policy)
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     if policy == "all":
         return set(names)
@@ -40,18 +43,25 @@ def decayed_parameter_names(model: nn.Module, policy: str) -> set[str]:
     return decayed
 
 
-def param_groups(model: nn.Module, weight_decay: float, policy: str) -> list[dict]:
-    """Two SGD parameter groups: ``decay`` (weight_decay) and ``no_decay`` (0); empty groups dropped."""
+def param_groups(model: nn.Module, weight_decay: float, policy: str,
+                 scale_invariant: set[str] | None = None) -> list[dict]:
+    """SGD parameter groups ``decay`` (weight_decay) and ``no_decay`` (0), each with the parameter ``names``;
+    the parameters named in ``scale_invariant`` go to a third, undecayed group flagged ``scale_invariant``
+    (see ``normrepro.optim.wd_lr``). Empty groups are dropped."""
     decayed = decayed_parameter_names(model, policy)
-    groups = {"decay": [], "no_decay": []}
+    scale_invariant = scale_invariant or set()
+    groups = {"decay": ([], []), "no_decay": ([], []), "scale_invariant": ([], [])}
     for n, p in model.named_parameters():
         if p.requires_grad:
-            groups["decay" if n in decayed else "no_decay"].append(p)
+            key = "scale_invariant" if n in scale_invariant else "decay" if n in decayed else "no_decay"
+            groups[key][0].append(p)
+            groups[key][1].append(n)
     out = []
-    if groups["decay"]:
-        out.append({"params": groups["decay"], "weight_decay": float(weight_decay), "name": "decay"})
-    if groups["no_decay"]:
-        out.append({"params": groups["no_decay"], "weight_decay": 0.0, "name": "no_decay"})
+    for key, (params, names) in groups.items():
+        if params:
+            out.append({"params": params, "names": names, "name": key,
+                        "weight_decay": float(weight_decay) if key == "decay" else 0.0,
+                        "scale_invariant": key == "scale_invariant"})
     return out
 
 

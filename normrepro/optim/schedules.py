@@ -47,4 +47,8 @@ def build_scheduler(optimizer, sched: dict, epochs: int, steps_per_epoch: int) -
         raise choice_error("optim.schedule.name", sched.get("name"), SCHEDULES)
     if steps_per_epoch <= 0:
         raise ConfigError(f"no training batches per epoch (steps_per_epoch={steps_per_epoch}); lower train.batch_size")
-    return LambdaLR(optimizer, lambda step: lr_factor(step / steps_per_epoch, sched, epochs))
+    def factor(step):
+        return lr_factor(step / steps_per_epoch, sched, epochs)
+
+    # groups flagged ``fixed_lr`` (the norm_schedule arm's scale-invariant weights) keep the base LR
+    return LambdaLR(optimizer, [(lambda step: 1.0) if g.get("fixed_lr") else factor for g in optimizer.param_groups])

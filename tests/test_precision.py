@@ -1,0 +1,123 @@
+"""Precisions: each trains two steps on the CPU; the loss scalers' skip path; fp32 master weights."""
+import json
+
+import pytest
+import torch
+
+from normrepro.errors import ConfigError
+from normrepro.precision import PRECISIONS, DynamicLossScaler, _GradScalerStats, build_precision, scaler_stats
+from normrepro.trainer import fit
+from tests.conftest import TINY, compose_cfg
+
+CASES = [["precision=fp32"], ["precision=amp"], ["precision=bf16"], ["precision=fp16"],
+         ["precision=fp16", "precision.master_weights=true", "norm=l1"], ["precision=bf16_pure", "norm=topk"],
+         ["precision=fp16", "norm=l2", "norm.impl=lp"]]
+
+
+@pytest.mark.parametrize("overrides", CASES, ids=lambda o: "-".join(v.split("=")[1] for v in o))
+def test_precision_trains_two_steps(tmp_path, overrides):
+    cfg = compose_cfg(TINY + overrides)
+    out = fit(cfg, tmp_path)
+    assert out["status"] == "completed"
+    row = out["epochs"][0]
+    assert row["train_images"] == 128 and row["skipped_steps"] >= 0
+    env = json.loads((tmp_path / "metrics.json").read_text())["env"]
+    assert env["precision"] == cfg.precision.name
+    expected = {"fp32": ("float32", "input (float32)"), "amp": ("float32", "float32"), "bf16": ("float32", "float32"),
+                "fp16": ("float16", "input (float16)"), "bf16_pure": ("bfloat16", "input (bfloat16)")}
+    assert (env["model_dtype"], env["stats_dtype"]) == expected[cfg.precision.name]
+
+
+def test_every_precision_has_a_config():
+    for name in PRECISIONS:
+        assert compose_cfg([f"precision={name}"]).precision.name == name
+
+
+def test_amp_norm_statistics_dtype_is_explicit(tmp_path):
+    """Under amp every norm gets the same explicit stats dtype (float32), recorded in metrics.json."""
+    from normrepro.trainer import build_model_for
+
+    for norm in ("l2", "l1", "topk"):
+        cfg = compose_cfg(TINY + ["precision=amp", f"norm={norm}"])
+        model = build_model_for(cfg, 10, 1, build_precision(cfg.precision, torch.device("cpu")).stats_dtype)
+        dtypes = {m.stats_dtype for m in model.modules() if getattr(m, "is_norm_layer", False)}
+        assert dtypes == {torch.float32}, (norm, dtypes)
+
+
+def _tiny_step(scaler, model, opt, poison=False):
+    loss = model(torch.ones(2, 3, dtype=next(model.parameters()).dtype)).float().sum()
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if poison:
+        next(model.parameters()).grad[0, 0] = float("inf")
+    stepped = scaler.step(opt)
+    scaler.update()
+    return stepped
+
+
+def test_dynamic_loss_scaler_skips_inf_steps_and_backs_off():
+    model = torch.nn.Linear(3, 2).half()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = DynamicLossScaler(init_scale=1024.0, growth_interval=2)
+    before = [p.detach().clone() for p in model.parameters()]
+    assert _tiny_step(scaler, model, opt, poison=True) is False
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters())), "a skipped step changed weights"
+    assert scaler.get_scale() == 512.0 and scaler_stats(scaler)["skipped_steps"] == 1
+    assert _tiny_step(scaler, model, opt) and _tiny_step(scaler, model, opt)
+    assert scaler.get_scale() == 1024.0, "two good steps with growth_interval=2 double the scale"
+    assert not all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_grad_scaler_skip_path_is_counted():
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = _GradScalerStats("cpu", init_scale=1024.0)
+    before = [p.detach().clone() for p in model.parameters()]
+    _tiny_step(scaler, model, opt, poison=True)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert scaler.get_scale() == 512.0 and scaler_stats(scaler)["skipped_steps"] == 1
+    state = scaler.state_dict()
+    other = _GradScalerStats("cpu", init_scale=1.0)
+    other.load_state_dict(state)
+    assert other.get_scale() == 512.0 and other.skipped_steps == 1
+
+
+def test_master_weights_hold_fp32_and_update_the_fp16_model():
+    model = torch.nn.Linear(3, 2).half()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    scaler = DynamicLossScaler(init_scale=8.0)
+    scaler.attach_master_weights(opt)
+    masters = [p for g in opt.param_groups for p in g["params"]]
+    assert all(m.dtype == torch.float32 for m in masters)
+    for _ in range(3):
+        assert _tiny_step(scaler, model, opt)
+    for p, m in zip(model.parameters(), masters):
+        assert p.dtype == torch.float16 and torch.equal(p, m.half())
+    # a step smaller than fp16's resolution still moves the master
+    assert any(not torch.equal(m, m.half().float()) for m in masters)
+
+
+def test_fp16_resume_restores_master_weights(tmp_path):
+    common = TINY + ["precision=fp16", "precision.master_weights=true", "norm=l1", "optim.schedule.name=constant"]
+    cfg = compose_cfg(common + ["train.epochs=2"])
+    full = fit(cfg, tmp_path / "full")
+    fit(compose_cfg(common + ["train.epochs=1"]), tmp_path / "resumed")  # "stopped" after epoch 1
+    resumed = fit(cfg, tmp_path / "resumed")
+    assert resumed["epochs"][-1]["test_acc"] == full["epochs"][-1]["test_acc"]
+    assert resumed["epochs"][-1]["train_loss"] == full["epochs"][-1]["train_loss"]
+
+
+def test_half_unsupported_is_a_clear_error(monkeypatch):
+    def broken(self, x):
+        raise RuntimeError('"slow_conv2d_cpu" not implemented for \'Half\'')
+
+    monkeypatch.setattr(torch.nn.Conv2d, "forward", broken)
+    cfg = compose_cfg(["precision=fp16"])
+    with pytest.raises(ConfigError, match="precision=fp16 needs torch.float16 convolutions"):
+        build_precision(cfg.precision, torch.device("cpu"))
+
+
+def test_bad_stats_dtype_names_choices():
+    cfg = compose_cfg(["precision=amp", "precision.stats_dtype=float8"])
+    with pytest.raises(ConfigError, match="float8.*float32"):
+        build_precision(cfg.precision, torch.device("cpu"))
