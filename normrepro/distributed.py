@@ -1,7 +1,9 @@
 """Process groups for ``torchrun`` (DistributedDataParallel): NCCL on GPU, gloo on the CPU.
 
 ``torchrun --nproc_per_node=N train.py ...`` sets RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT;
-``init_distributed`` joins the group when WORLD_SIZE > 1. Rank 0 alone writes metrics, checkpoints and logs.
+``init_distributed`` joins the group when WORLD_SIZE > 1. Under ``hydra/launcher=slurm`` with several tasks per
+job, submitit's SLURM variables are exported as those same variables first. Rank 0 alone writes metrics,
+checkpoints and logs.
 """
 from __future__ import annotations
 
@@ -35,6 +37,11 @@ class DistInfo:
 
 def init_distributed(device: torch.device) -> DistInfo:
     """Join the torchrun process group when WORLD_SIZE > 1 (else a single-process DistInfo)."""
+    if ("WORLD_SIZE" not in os.environ and os.environ.get("SUBMITIT_EXECUTOR") == "slurm"
+            and int(os.environ.get("SLURM_NTASKS", "1")) > 1):  # hydra/launcher=slurm with tasks_per_node > 1
+        from submitit.helpers import TorchDistributedEnvironment
+
+        TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         if "RANK" in os.environ and "WORLD_SIZE" not in os.environ:

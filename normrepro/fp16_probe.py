@@ -220,9 +220,9 @@ def first_scale(rows: list[dict], norm: str, pred) -> float | None:
 def plot(rows: list[dict], path) -> None:
     """Three panels vs K (log x): non-finite output fraction, collapsed channel fraction, max scale rel. error.
     Written atomically (temp file in the same folder, then os.replace)."""
-    import os
-    import tempfile
     from pathlib import Path
+
+    from normrepro.utils.io import atomic_savefig
 
     import matplotlib
     matplotlib.use("Agg")
@@ -252,15 +252,8 @@ def plot(rows: list[dict], path) -> None:
         ax.grid(True, which="both", alpha=0.3)
     axes[0].legend()
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        atomic_savefig(fig, path, dpi=110)
     finally:
         plt.close(fig)
 

@@ -271,7 +271,10 @@ def _diverged(row: dict, steps: int, model: torch.nn.Module) -> str | None:
     """Why the run cannot go on (non-finite loss or weights, every step skipped), or None."""
     if not math.isfinite(row["train_loss"]):
         return f"training loss is {row['train_loss']} (every batch's loss was non-finite)"
-    if steps and row["skipped_steps"] >= steps:
+    scale = row.get("loss_scale")
+    if scale is not None and scale < 2.0 ** -14:  # ~30 skips in a row below the initial 2^16
+        return f"loss scale collapsed to {scale:.3g} ({row['skipped_steps']} steps skipped: non-finite gradients)"
+    if steps >= 32 and row["skipped_steps"] >= steps:
         return f"all {steps} steps of the epoch were skipped (non-finite gradients)"
     if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
         return "non-finite weights"

@@ -39,9 +39,11 @@ class WeightNormRecorder:
 
     @staticmethod
     def summary(norms: dict[str, torch.Tensor], lr: float) -> dict:
-        """Per layer ‖w‖ (all channels) and the mean effective step lr/‖w_c‖² = lr·C/‖w‖²."""
+        """Per layer ‖w‖ (all channels) and the mean effective step lr/‖w_c‖² = lr·C/‖w‖²; ``si_weight_norm``:
+        the norm of all scale-invariant weights together (one number per epoch, for plots)."""
         total = {name: float(n.pow(2).sum()) for name, n in norms.items()}
-        return {"weight_norm": {name: t ** 0.5 for name, t in total.items()},
+        return {"si_weight_norm": sum(total.values()) ** 0.5,
+                "weight_norm": {name: t ** 0.5 for name, t in total.items()},
                 "eff_lr": {name: lr * norms[name].numel() / t if t > 0 else float("inf") for name, t in total.items()}}
 
     def state(self) -> dict:

@@ -267,8 +267,9 @@ def bench_data(args, device):
 
 
 def first_epoch(args, device, compile_):
-    """Seconds from calling fit() to the end of its first epoch (data generation, model, compile, 1 epoch of a
-    CIFAR-shaped synthetic set of --first-epoch-images, default 50k, and the test pass over a fifth of that), and that epoch's train images/s."""
+    """Seconds from calling fit() to the end of its first epoch (data generation, model, compile, one epoch over
+    --first-epoch-images CIFAR-shaped synthetic images, default 50k, and the test pass over a fifth of that),
+    and that epoch's training images/s."""
     n = args.first_epoch_images
     cfg = make_cfg("resnet18", "l1", args, device, compile_, 1, 0, num_train=n, max_steps=False)
     cfg.dataset.num_test = max(n // 5, args.batch_size)
@@ -385,8 +386,9 @@ def main(argv=None) -> int:
         if args.first_epoch == "1" or (args.first_epoch == "auto" and device.type == "cuda"):
             for compile_ in modes:
                 fe = first_epoch(dargs, device, compile_)
-                line = (f"Time to first epoch, ResNet-18 (CIFAR), L1, {args.first_epoch_images:,} synthetic 32×32 images, batch "
-                        f"{args.batch_size}, {'compiled' if compile_ else 'eager'}: {fe['seconds']:.1f} s "
+                line = (f"Time to first epoch, ResNet-18 (CIFAR), L1, {args.first_epoch_images:,} synthetic "
+                        f"32×32 images, batch {args.batch_size}, {'compiled' if compile_ else 'eager'}: "
+                        f"{fe['seconds']:.1f} s "
                         f"(epoch incl. test pass {fe['epoch_seconds']:.1f} s, train {fe['train_ips']:,.0f} img/s)")
                 print("\n" + line, flush=True)
                 section += [line, ""]

@@ -1,5 +1,4 @@
 """Every model builds through the norm factory, trains one step, and reports bad options clearly."""
-import functools
 
 import pytest
 import torch

@@ -121,3 +121,28 @@ def test_bad_stats_dtype_names_choices():
     cfg = compose_cfg(["precision=amp", "precision.stats_dtype=float8"])
     with pytest.raises(ConfigError, match="float8.*float32"):
         build_precision(cfg.precision, torch.device("cpu"))
+
+
+def test_skipped_steps_are_logged(tmp_path):
+    """A loss scale too large for fp16 makes the first steps overflow: they are skipped, counted, and the
+    run goes on (the scale backs off)."""
+    out = fit(compose_cfg(TINY + ["precision=fp16", "precision.init_scale=1e30", "train.max_steps_per_epoch=4"]),
+              tmp_path)
+    row = out["epochs"][0]
+    assert out["status"] == "completed"
+    assert row["skipped_steps"] >= 1 and row["loss_scale"] < 1e30
+    assert json.loads((tmp_path / "metrics.json").read_text())["epochs"][0]["skipped_steps"] == row["skipped_steps"]
+
+
+def test_collapsed_loss_scale_ends_as_diverged(tmp_path):
+    out = fit(compose_cfg(TINY + ["precision=fp16", "precision.init_scale=1e-6", "train.epochs=3"]), tmp_path)
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert out["status"] == saved["status"] == "diverged"
+    assert "loss scale collapsed" in saved["env"]["diverged"] and saved["final"]["epochs_done"] == 1
+
+
+def test_exploding_fp32_run_ends_as_diverged(tmp_path):
+    out = fit(compose_cfg(TINY + ["norm=none", "optim.lr=1e20", "train.epochs=3"]), tmp_path)
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert out["status"] == saved["status"] == "diverged"
+    assert saved["final"]["epochs_done"] == 1 and saved["env"]["diverged"]

@@ -50,8 +50,11 @@ def test_experiment_runs_one_step(experiment, tmp_path):
             "train.eval_batch_size=64", "train.progress=false", "train.checkpoint=false",
             *tiny_model_overrides(cfg.model.name), *tiny_data(cfg, tmp_path / "data")]
     cfg = compose_cfg(over)
-    if cfg.get("optim", {}).get("reference"):
-        pytest.skip("needs a reference run; covered by the WD/LR tests")
+    if cfg.optim.get("reference"):  # lr_correction / norm_schedule: train the wd_on reference first
+        ref = tmp_path / "reference"
+        fit(compose_cfg(over + ["optim.mode=standard", "optim.reference=null", "optim.wd_policy=wd_on",
+                                "train.checkpoint=true"]), ref)
+        cfg = compose_cfg(over + [f"optim.reference={ref}"])
     result = fit(cfg, tmp_path / "run")
     assert result["status"] == "completed" and result["final"]["epochs_done"] == 1
 
