@@ -47,7 +47,8 @@ IGNORED_OVERRIDE_KEYS = ("seed", "device", "hydra", "logger", "train.progress", 
                          "train.resume", "train.checkpoint")
 # resolved-config keys ignored when checking that a group's runs share one config
 IGNORED_CONFIG_PREFIXES = IGNORED_OVERRIDE_KEYS + ("wandb",)
-IGNORED_CONFIG_LEAVES = ("root", "dir", "data_dir", "path", "cache_dir", "output_dir", "download", "num_workers")
+IGNORED_CONFIG_LEAVES = ("root", "dir", "data_dir", "path", "cache_dir", "output_dir", "download", "num_workers",
+                         "reference")  # optim.reference: the wd_on run of the same seed
 
 
 # ----------------------------------------------------------------------------------------------- helpers

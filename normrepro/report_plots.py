@@ -70,7 +70,7 @@ def curves(runs: list[dict], key: str = "test_acc", statuses: Sequence[str] = ("
 
 
 def plot_curves(runs: list[dict], path: str | os.PathLike, key: str = "test_acc", title: str | None = None,
-                statuses: Sequence[str] = ("completed",)) -> Path | None:
+                statuses: Sequence[str] = ("completed",), logy: bool = False) -> Path | None:
     """Test accuracy (or ``key``) per epoch, one line per group: mean over seeds, shaded ± sample std.
 
     ``runs`` from ``report.collect_runs``; ``statuses``: which runs besides completed ones to draw (e.g.
@@ -93,6 +93,8 @@ def plot_curves(runs: list[dict], path: str | os.PathLike, key: str = "test_acc"
         hi = [m + s for m, s in zip(d["mean"], d["std"])]
         ax.fill_between(d["epochs"], lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
     ax.set_xlabel("epoch")
+    if logy:
+        ax.set_yscale("log")
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_ylabel(key.replace("_", " ") + (" %" if "acc" in key else ""))
     ax.set_title(title or f"{key.replace('_', ' ')} per epoch (mean over seeds, shaded ± std)")

@@ -379,7 +379,7 @@ def main(argv=None) -> int:
         if args.data:
             ips = bench_data(dargs, device)
             base = ips["in-memory"]
-            lines = ["| data path (batch %d) | images/s | in-memory × |" % args.batch_size, "|---|---|---|"]
+            lines = ["| data path (batch %d) | images/s | in-memory ÷ this |" % args.batch_size, "|---|---|---|"]
             lines += [f"| {k} | {v:,.0f} | {base / v:.1f}× |" for k, v in ips.items()]
             print("\n" + "\n".join(lines), flush=True)
             section += lines + [""]

@@ -30,10 +30,10 @@ ARMS = {  # name: overrides
 SETTINGS = {"normalized": [], "raw": ["dataset.mean=[0.0]", "dataset.std=[0.00392156862745098]"]}
 
 
-def run(arm, setting, seed, epochs, out) -> Path:
+def run(arm, setting, seed, epochs, out, extra=()) -> Path:
     run_dir = out / "runs" / setting / arm.split(" (")[0].replace(" ", "_") / f"seed{seed}"
     cmd = [sys.executable, "train.py", "experiment=fp16_digits", *ARMS[arm], *SETTINGS[setting], f"seed={seed}",
-           f"train.epochs={epochs}", "train.progress=false", f"hydra.run.dir={run_dir}"]
+           f"train.epochs={epochs}", "train.progress=false", f"hydra.run.dir={run_dir}", *extra]
     print("+", " ".join(cmd[1:]), flush=True)
     subprocess.run(cmd, cwd=REPO, check=True)
     return run_dir
@@ -85,6 +85,7 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", default="0")
     p.add_argument("--settings", default=",".join(SETTINGS))
     p.add_argument("--out", default=str(REPO / "results"))
+    p.add_argument("extra", nargs="*", help="overrides for every run (after --), e.g. train.num_threads=1")
     args = p.parse_args(argv)
     out = Path(args.out)
     settings = args.settings.split(",")
@@ -96,7 +97,7 @@ def main(argv=None) -> int:
     for setting in settings:
         for arm in ARMS:
             for seed in seeds:
-                run_dir = run(arm, setting, seed, args.epochs, out / "fp16_train")
+                run_dir = run(arm, setting, seed, args.epochs, out / "fp16_train", args.extra)
                 results.setdefault((setting, arm), {})[seed] = json.loads((run_dir / "metrics.json").read_text())
 
     import torch
@@ -106,7 +107,7 @@ def main(argv=None) -> int:
     env = next(iter(next(iter(results.values())).values()))["env"]
     lines = ["# Pure-fp16 training on the embedded digits: L2 vs L1 (issue 4)", "",
              f"Command: `python scripts/fp16_train.py --epochs {args.epochs} --seeds {args.seeds} "
-             f"--settings {args.settings}`  ",
+             f"--settings {args.settings}" + (" -- " + " ".join(args.extra) if args.extra else "") + "`  ",
              f"Experiment `fp16_digits`: digits 16x16 (1437 train / 360 test), ResNet-20 width 4, batch 128, "
              f"{args.epochs} epochs, SGD lr 0.1 (x0.1 at 50 %/75 %), **no weight decay**, seeds {args.seeds}.  ",
              f"Hardware: {env.get('device')}, torch {torch.__version__}, {platform.python_version()}; "

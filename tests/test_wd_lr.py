@@ -133,3 +133,24 @@ def test_reference_with_other_architecture_is_a_clear_error(tmp_path):
 def test_unknown_mode_names_choices(tmp_path):
     with pytest.raises(ConfigError, match="'sideways'.*lr_correction"):
         fit(compose_cfg(ONE_STEP + ["optim.mode=sideways"]), tmp_path)
+
+
+def test_run_wd_arms_runs_the_four_arms_in_order(tmp_path):
+    """scripts/run_wd_arms.py: the reference first, then the three arms reading it; a table and two plots."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    out = tmp_path / "report"
+    proc = subprocess.run([sys.executable, "scripts/run_wd_arms.py", "--prefix", "wd_lr_digits_vgg11", "--seeds", "0",
+                           "--out", str(out), "--", "train.epochs=2", "train.max_steps_per_epoch=1",
+                           "dataset.image_size=8", "model.width_mult=0.125", "train.num_threads=1",
+                           f"experiment.root={tmp_path / 'runs'}"],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for arm in ("wd_on", "wd_off", "lr_correction", "norm_schedule"):
+        assert (tmp_path / "runs" / arm / "seed0" / "metrics.json").is_file(), arm
+    table = (tmp_path / "report.md").read_text()
+    assert "wd_lr_digits_vgg11_norm_schedule" in table and "90.44" in table  # paper's lr_correction value beside
+    assert (tmp_path / "report_acc.png").stat().st_size > 0 and (tmp_path / "report_weight_norm.png").is_file()
