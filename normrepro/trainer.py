@@ -5,6 +5,7 @@ One readable loop (nanoGPT style): autocast and the grad scaler are visible in i
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import random
@@ -198,9 +199,7 @@ def _fit(cfg, run_dir, dist_info, device, main) -> dict:
         skipped_before, seen = scaler_stats(scaler)["skipped_steps"], 0
         bar = tqdm(data.train, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{epochs}", leave=False,
                    disable=not (tc.progress and main), dynamic_ncols=True)
-        for step, (x, y) in enumerate(bar):
-            if step >= steps_per_epoch:
-                break
+        for x, y in itertools.islice(bar, steps_per_epoch):
             x = precision.prepare_input(x).contiguous(memory_format=memory_format)
             with precision.autocast():
                 logits = train_model(x)
@@ -223,6 +222,8 @@ def _fit(cfg, run_dir, dist_info, device, main) -> dict:
                 if m.last_max_dev is not None:
                     max_dev[n] = torch.maximum(max_dev[n], m.last_max_dev.float())
         bar.close()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)  # count the kernels still queued in this epoch's training time
         train_seconds = time.perf_counter() - t0
         test_loss, test_acc = evaluate(model, data.test, precision, memory_format)
         sums = all_reduce_sum(torch.stack([loss_sum.double(), correct.double(), finite_seen.double(),

@@ -37,7 +37,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(REPO / ".cache" / "torchinductor"))
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
@@ -66,19 +65,6 @@ def keep_freed_memory() -> bool:
 
 def sync_fn(device):
     return torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-
-
-class _SyncedClock:
-    """Stands in for the ``time`` module inside normrepro.trainer on CUDA: perf_counter() synchronizes first,
-    so that an epoch's ``train_seconds`` includes the kernels still queued when the loop ends."""
-
-    def __getattr__(self, name):
-        return getattr(time, name)
-
-    @staticmethod
-    def perf_counter():
-        torch.cuda.synchronize()
-        return time.perf_counter()
 
 
 def compose_cfg(overrides):
@@ -147,15 +133,13 @@ class _HookLogger:
 
 def run_fit(cfg, hook):
     """``trainer.fit(cfg)`` in a temporary run dir with ``hook(row)`` after every epoch; returns the result."""
-    saved_logger, saved_time = trainer.build_logger, trainer.time
+    saved_logger = trainer.build_logger
     trainer.build_logger = lambda *a, **k: _HookLogger(hook)
-    if cfg.device == "cuda":
-        trainer.time = _SyncedClock()
     try:
         with tempfile.TemporaryDirectory() as run_dir:
             return trainer.fit(cfg, run_dir)
     finally:
-        trainer.build_logger, trainer.time = saved_logger, saved_time
+        trainer.build_logger = saved_logger
 
 
 def bench_model(model, norms, compile_, args, device):
