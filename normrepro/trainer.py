@@ -171,6 +171,10 @@ def _fit(cfg, run_dir, dist_info, device, main) -> dict:
 
     resolved = OmegaConf.to_container(cfg, resolve=True)
     env = {**run_env(device), **precision.describe(), "norm": cfg.norm.name, "world_size": world}
+    if (cfg.norm.name == "l2" and cfg.norm.get("impl", "torch") == "torch" and precision.stats_dtype is None
+            and precision.model_dtype != torch.float32):
+        # torch's batch_norm accumulates half-precision statistics in float32 internally (CPU and cuDNN)
+        env["stats_dtype"] = "float32 inside torch's batch_norm (norm=l2_lp computes them in the input dtype)"
     metrics = MetricsWriter(run_dir / "metrics.json", seed=int(cfg.seed), overrides=_overrides(), env=env,
                             data={"name": data.name, "image_size": data.image_size, "num_train": data.num_train,
                                   "num_test": data.num_test, "num_classes": data.num_classes})

@@ -15,9 +15,9 @@ from normrepro.trainer import fit
 
 
 def group_options():
-    for group in sorted(p for p in Path(CONF).iterdir() if p.is_dir()):
-        for f in sorted(group.glob("**/*.yaml")):
-            yield f"{group.name}={f.relative_to(group).with_suffix('').as_posix()}"
+    """``group=option`` for every config file below conf/ (nested groups too, e.g. hydra/launcher=slurm)."""
+    for f in sorted(Path(CONF).glob("*/**/*.yaml")):
+        yield f"{f.parent.relative_to(CONF).as_posix()}={f.stem}"
 
 
 @pytest.mark.parametrize("override", list(group_options()))
