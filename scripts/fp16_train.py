@@ -129,6 +129,17 @@ def main(argv=None) -> int:
             lines.append(f"| {setting} | {arm} | {seed} | {status} | {s['epochs']} | {fmt(s['test_acc'])} | "
                          f"{fmt(s['train_loss'], 3)} | {s['skipped']} | {fmt(s['max_dev'], 1)} | "
                          f"{fmt(s['first_dev'], 1)} |")
+    import statistics
+
+    lines += ["", "Mean ± sample std over seeds of the final test accuracy %:", "",
+              "| inputs | " + " | ".join(ARMS) + " |", "|---|" + "---|" * len(ARMS)]
+    for setting in settings:
+        cells = []
+        for arm in ARMS:
+            accs = [m["epochs"][-1]["test_acc"] for m in results[(setting, arm)].values() if m["epochs"]]
+            sd = f" ± {statistics.stdev(accs):.1f}" if len(accs) > 1 else ""
+            cells.append(f"{statistics.fmean(accs):.1f}{sd} (n={len(accs)})" if accs else "")
+        lines.append(f"| {setting} | " + " | ".join(cells) + " |")
     lines += ["", "![accuracy and largest deviation per epoch](fp16_train.png)", ""]
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "fp16_train.md", "\n".join(lines) + "\n")
