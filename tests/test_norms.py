@@ -468,3 +468,35 @@ def test_bad_input_messages():
         assert "more than 1 value per channel" in text
         text = msg(lambda: m(torch.randn(1, 4, 1, 1)))
         assert "more than 1 value per channel" in text
+
+
+# ---------------------------------------------------------------------------------------------- C_L1 ablation
+@pytest.mark.parametrize("be", BACKENDS)
+@pytest.mark.parametrize("l1_scale", [0.25, 4.0])
+def test_l1_scale_multiplies_the_constant(l1_scale, be):
+    """l1_scale * sqrt(pi/2): the paper's ablation of C_L1; outputs, gradients and running scale follow."""
+    with backend(be):
+        m = build_norm("l1", 5, l1_scale=l1_scale, momentum=1.0).double()
+        randomize_affine(m)
+        x = make_input((6, 5, 7, 5), torch.float64).requires_grad_(True)
+        y = m(x)
+        x_ref = x.detach().clone().requires_grad_(True)
+        shape = (1, -1, 1, 1)
+        mu = x_ref.mean((0, 2, 3), keepdim=True)
+        s = l1_scale * C_L1 * (x_ref - mu).abs().mean((0, 2, 3), keepdim=True) + m.eps
+        y_ref = (x_ref - mu) / s * m.weight.detach().view(shape) + m.bias.detach().view(shape)
+        torch.testing.assert_close(y, y_ref)
+        g = torch.randn_like(y)
+        y.backward(g)
+        y_ref.backward(g)
+        torch.testing.assert_close(x.grad, x_ref.grad)
+        plain = build_norm("l1", 5, momentum=1.0).double()
+        plain(x.detach())
+        torch.testing.assert_close(m.running_scale, l1_scale * plain.running_scale)
+
+
+def test_l1_scale_bad_value_is_a_config_error():
+    with pytest.raises(ConfigError, match="l1_scale must be a number > 0, got -1"):
+        build_norm("l1", 4, l1_scale=-1)
+    with pytest.raises(ConfigError, match="l1_scale"):
+        build_norm("linf", 4, l1_scale=2.0)

@@ -34,7 +34,7 @@ L2_IMPLS = ("torch", "lp")
 _COMMON = ("eps", "momentum", "affine", "stats_dtype", "track_max_dev")
 NORM_OPTIONS: dict[str, tuple[str, ...]] = {
     "l2": _COMMON + ("impl",),
-    "l1": _COMMON,
+    "l1": _COMMON + ("l1_scale",),
     "linf": _COMMON,
     "topk": _COMMON + ("k",),
     "mean": ("momentum", "affine", "stats_dtype", "track_max_dev"),
@@ -88,6 +88,10 @@ def _validate(name: str, options: dict) -> dict:
             value = int(value)
         elif key == "stats_dtype":
             value = _stats_dtype(value)
+        elif key == "l1_scale":
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
+                raise ConfigError(f"norm {name!r}: l1_scale must be a number > 0, got {value!r}")
+            value = float(value)
         elif key == "impl":
             if value not in L2_IMPLS:
                 raise choice_error("l2 impl", value, L2_IMPLS)

@@ -185,8 +185,9 @@ class _Stats:
 
 @dataclass(frozen=True)
 class L1Stats(_Stats):
-    """s = sqrt(pi/2) * mean|x - mu| + eps."""
+    """s = c * mean|x - mu| + eps, c = sqrt(pi/2) (``c`` = l1_scale * sqrt(pi/2) for the paper's ablation)."""
     name = "l1"
+    c: float = C_L1
 
     def batch_stats(self, x3: Tensor) -> BatchStats:
         a, c, b = x3.shape
@@ -202,12 +203,12 @@ class L1Stats(_Stats):
             ad = d.abs()
             mean_abs, mean_sign = ad.mean((0, 2)), d.sign().mean((0, 2))
             mx = ad.amax((0, 2)) if self.track_max_dev else None
-        return BatchStats(mu, C_L1 * mean_abs, (mean_sign,), mx)
+        return BatchStats(mu, self.c * mean_abs, (mean_sign,), mx)
 
     def input_grad(self, x3, dy3, dx3, mu, s, a, q, mean_dy, aux) -> None:
         # dx = a*dy + kc*sign(x - mu) + c0
         (mean_sign,) = aux
-        kc = -C_L1 * q
+        kc = -self.c * q
         c0 = -a * mean_dy - kc * mean_sign
         if use_native(x3, dy3, dx3):
             na, c, b = x3.shape
@@ -327,7 +328,7 @@ class LpBatchNormFunction(torch.autograd.Function):
             na, c, b = geometry(xd)
             n = na * b
             k = min(stats.k, n) if kind == 1 else 1
-            cscale = c_linf(n) if kind == 1 else C_L1
+            cscale = c_linf(n) if kind == 1 else stats.c
             y = torch.empty_like(xd)
             mu, f, s = xd.new_empty(c), xd.new_empty(c), xd.new_empty(c)
             aux1 = xd.new_empty(c, k) if kind == 1 else xd.new_empty(c)
@@ -389,7 +390,7 @@ class LpBatchNormFunction(torch.autograd.Function):
                 idx, sgn = decode_selection(aux[0], xd.dtype)
                 k, cscale, aux1, aux2 = idx.shape[1], c_linf(n), sgn, idx
             else:
-                k, cscale, aux1, aux2 = 1, C_L1, aux[0], None
+                k, cscale, aux1, aux2 = 1, stats.c, aux[0], None
             _call("nr_bwd", xd.dtype, kind, xd, dyd, na, c, b, mu, s, gamma, cscale, k, aux1, aux2, dx, sum_dy,
                   sum_dyd, _nt())
             if ctx.needs_input_grad[0]:

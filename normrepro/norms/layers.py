@@ -14,7 +14,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from normrepro.errors import ConfigError
 from normrepro.norms import functional as NF
-from normrepro.norms.constants import TOPK_DEFAULT
+from normrepro.norms.constants import C_L1, TOPK_DEFAULT
 
 
 def _autocast_off(x: torch.Tensor):
@@ -180,9 +180,27 @@ class LpBatchNorm(_RunningStats):
 
 
 class L1BatchNorm(LpBatchNorm):
-    """s = sqrt(pi/2) * mean|x - mu| + eps."""
+    """s = l1_scale * sqrt(pi/2) * mean|x - mu| + eps (l1_scale = 1: the paper's constant; 1/4 and 4 are its
+    ablation, PAPER.md §1.3)."""
     norm_name = "l1"
     stats_cls = NF.L1Stats
+
+    def __init__(self, num_features: int, l1_scale: float = 1.0, **kwargs):
+        super().__init__(num_features, **kwargs)
+        self.l1_scale = float(l1_scale)
+
+    def make_stats(self) -> NF._Stats:
+        stats = super().make_stats()
+        if stats.c != self.l1_scale * C_L1:  # the cache key does not know l1_scale
+            self.__dict__.pop("_stats_cache", None)
+            stats = super().make_stats()
+        return stats
+
+    def _new_stats(self) -> NF._Stats:
+        return self.stats_cls(eps=self.eps, track_max_dev=self.track_max_dev, c=self.l1_scale * C_L1)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + (f", l1_scale={self.l1_scale:g}" if self.l1_scale != 1.0 else "")
 
 
 class TopkBatchNorm(LpBatchNorm):

@@ -120,7 +120,7 @@ class SyncL1Stats(_SyncMixin, NF.L1Stats):
                                        self.group, x3.dtype)
         mean_abs, mean_sign = (sa / n).to(x3.dtype), (ss / n).to(x3.dtype)
         mx = _all_max(_local_max_dev(d), self.group) if self.track_max_dev else None
-        return NF.BatchStats(mu, C_L1 * mean_abs, (mean_sign,), mx)
+        return NF.BatchStats(mu, self.c * mean_abs, (mean_sign,), mx)
 
 
 @dataclasses.dataclass(frozen=True)
