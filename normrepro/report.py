@@ -498,8 +498,9 @@ def _short_labels(groups: list[dict]) -> None:
     for g in groups:
         rest = [o for o in g["overrides"] if o not in common]
         label = " ".join(rest) if rest else (" ".join(g["overrides"]) or "(defaults)")
-        if "[" in g["group"]:
-            label += " [" + g["group"].split("[", 1)[1]
+        base = " ".join(g["overrides"]) or "(defaults)"
+        if g["group"].startswith(base + " ["):  # split by a resolved-config difference: keep that suffix
+            label += g["group"][len(base):]
         g["label"] = label
 
 
