@@ -54,9 +54,9 @@ def main(argv=None) -> int:
     dirs = [str(d) for d in sorted(root.glob("*/seed*"))]
     write_report(dirs, out, table=OmegaConf.select(cfg, "experiment.table"))
     runs = collect_runs(dirs)
-    plot_curves(runs, out.with_name(out.name + "_acc.png"), title=f"{args.prefix}: test accuracy per epoch")
+    plot_curves(runs, out.with_name(out.name + "_acc.png"), title=f"{out.name}: test accuracy per epoch")
     plot_curves(runs, out.with_name(out.name + "_weight_norm.png"), key="si_weight_norm", logy=True,
-                title=f"{args.prefix}: norm of the scale-invariant weights per epoch")
+                title=f"{out.name}: norm of the scale-invariant weights per epoch")
     print(out.with_suffix(".md").read_text())
     return 0
 
