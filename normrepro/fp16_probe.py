@@ -299,7 +299,6 @@ def summary_lines(rows: list[dict]) -> list[str]:
 
 
 def render_markdown(rows: list[dict], command: str, env: dict, shape, seed: int, spread: float) -> str:
-    kmax = max(r["K"] for r in rows)
     lines = [
         "# Float16 probe of the normalization layers",
         "",

@@ -27,38 +27,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from normrepro.norms import build_norm, set_backend  # noqa: E402
 from normrepro.norms import _native  # noqa: E402
+from normrepro.utils.bench import bench_devices, keep_freed_memory, saved_bytes  # noqa: E402
 
 SHAPES = [(128, 64, 32, 32), (128, 128, 16, 16), (128, 256, 8, 8), (128, 512, 4, 4)]
 DEFAULT_NORMS = ["l2", "l1", "linf", "topk", "mean"]
 LAYOUTS = {"NCHW": torch.contiguous_format, "NHWC": torch.channels_last}
-
-
-def keep_freed_memory() -> bool:
-    """glibc only: keep freed buffers mapped (mallopt M_TRIM_THRESHOLD / M_MMAP_THRESHOLD raised) so that
-    each timed iteration does not pay page faults for its fresh output buffers. Without this the
-    timings of every layer, BatchNorm2d included, swing by 2-4x with the allocator's trimming luck."""
-    try:
-        import ctypes
-        libc = ctypes.CDLL("libc.so.6")
-        m_trim_threshold, m_mmap_threshold = -1, -3
-        ok = libc.mallopt(m_trim_threshold, 1 << 30) == 1
-        return ok and libc.mallopt(m_mmap_threshold, 32 << 20) == 1
-    except (OSError, AttributeError):
-        return False
-
-
-def saved_bytes(module, x) -> int:
-    """Bytes of the tensors autograd saves for the backward of one training forward."""
-    total = 0
-
-    def pack(t):
-        nonlocal total
-        total += t.numel() * t.element_size()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        module(x)
-    return total
 
 
 def time_fb(module, x, g, iters: int, sync) -> float:
@@ -122,15 +95,10 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     set_backend(args.backend)
     norms = [n.strip() for n in args.norms.split(",") if n.strip()]
-    devices = []
-    if args.device in ("all", "cpu"):
-        devices.append(torch.device("cpu"))
-    if args.device in ("all", "cuda"):
-        if torch.cuda.is_available():
-            devices.append(torch.device("cuda"))
-        elif args.device == "cuda":
-            print("error: no CUDA device", file=sys.stderr)
-            return 2
+    devices = bench_devices(args.device)
+    if devices is None:
+        print("error: --device cuda but no CUDA device is available; use --device cpu", file=sys.stderr)
+        return 2
 
     md = []
     for device in devices:

@@ -46,21 +46,11 @@ from normrepro import trainer  # noqa: E402
 from normrepro.data import InMemoryLoader, build_data  # noqa: E402
 from normrepro.data.sources import CIFAR_MEAN, CIFAR_STD  # noqa: E402
 from normrepro.precision import build_precision  # noqa: E402
+from normrepro.utils.bench import bench_devices, keep_freed_memory  # noqa: E402
 
 MODELS = {"resnet20": "resnet20", "resnet18": "resnet18_cifar"}  # short name -> conf/model
 NORMS = ["l2", "l1", "linf", "topk"]
 BN = "l2"  # conf/norm/l2.yaml: impl=torch, i.e. torch's BatchNorm2d
-
-
-def keep_freed_memory() -> bool:
-    """glibc only: keep freed buffers mapped (as scripts/bench_norms.py) so that steps do not pay page faults
-    for fresh activation buffers by the allocator's trimming luck."""
-    try:
-        import ctypes
-        libc = ctypes.CDLL("libc.so.6")
-        return libc.mallopt(-1, 1 << 30) == 1 and libc.mallopt(-3, 32 << 20) == 1  # M_TRIM/M_MMAP_THRESHOLD
-    except (OSError, AttributeError):
-        return False
 
 
 def sync_fn(device):
@@ -327,15 +317,10 @@ def main(argv=None) -> int:
     kept = False if args.no_keep_memory else keep_freed_memory()
     logging.getLogger("normrepro").setLevel(logging.WARNING)
 
-    devices = []
-    if args.device in ("all", "cpu"):
-        devices.append(torch.device("cpu"))
-    if args.device in ("all", "cuda"):
-        if torch.cuda.is_available():
-            devices.append(torch.device("cuda"))
-        elif args.device == "cuda":
-            print("error: no CUDA device", file=sys.stderr)
-            return 2
+    devices = bench_devices(args.device)
+    if devices is None:
+        print("error: --device cuda but no CUDA device is available; use --device cpu", file=sys.stderr)
+        return 2
 
     md = []
     for device in devices:

@@ -14,6 +14,7 @@ from normrepro.errors import ConfigError
 from normrepro.norms import (C_L1, NORM_NAMES, BatchNorm, L2LpBatchNorm, backend, build_norm, c_linf,
                              is_norm_layer, norm_factory)
 from normrepro.norms import functional as NF
+from normrepro.utils.bench import saved_bytes
 
 LP = ["l1", "linf", "topk"]
 BACKENDS = ["native", "torch"]  # the compiled CPU kernels and the torch-ops path (CUDA, fp16, compile)
@@ -276,29 +277,16 @@ def test_gradcheck_float64(name, be):
 
 
 # ---------------------------------------------------------------------------------------------- memory
-def _saved_bytes(module, x):
-    total = 0
-
-    def pack(t):
-        nonlocal total
-        total += t.numel() * t.element_size()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        module(x)
-    return total
-
-
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
 def test_saved_bytes_for_backward(channels_last):
     x = make_input((16, 32, 8, 8), torch.float32, channels_last).requires_grad_(True)
-    bn = _saved_bytes(torch.nn.BatchNorm2d(32), x)
+    bn = saved_bytes(torch.nn.BatchNorm2d(32), x)
     for be in BACKENDS:
         with backend(be):
-            assert _saved_bytes(build_norm("l1", 32), x) <= 1.0 * bn
-            assert _saved_bytes(build_norm("linf", 32), x) <= 1.0 * bn
-            assert _saved_bytes(build_norm("topk", 32), x) <= 1.25 * bn
-            assert _saved_bytes(build_norm("mean", 32), x) < 0.1 * bn
+            assert saved_bytes(build_norm("l1", 32), x) <= 1.0 * bn
+            assert saved_bytes(build_norm("linf", 32), x) <= 1.0 * bn
+            assert saved_bytes(build_norm("topk", 32), x) <= 1.25 * bn
+            assert saved_bytes(build_norm("mean", 32), x) < 0.1 * bn
 
 
 # ---------------------------------------------------------------------------------------------- paths

@@ -17,7 +17,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from normrepro.errors import ConfigError, choice_error
-from normrepro.norms.constants import C_L1, TOPK_DEFAULT, c_linf
+from normrepro.norms.constants import C_L1, c_linf
 from normrepro.norms.functional import backend, get_backend, lp_batch_norm, set_backend
 from normrepro.norms.layers import (BatchNorm, L1BatchNorm, L2LpBatchNorm, LinfBatchNorm, LpBatchNorm,
                                     MeanBatchNorm, NoNorm, NormLayer, TopkBatchNorm)

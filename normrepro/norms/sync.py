@@ -34,7 +34,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from normrepro.errors import ConfigError
 from normrepro.norms import functional as NF
-from normrepro.norms.constants import C_L1, c_linf
+from normrepro.norms.constants import c_linf
 from normrepro.norms.layers import (BatchNorm, L1BatchNorm, L2LpBatchNorm, LinfBatchNorm, MeanBatchNorm, NoNorm,
                                     TopkBatchNorm, _autocast_off, _param_view, check_input)
 
