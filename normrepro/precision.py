@@ -235,11 +235,10 @@ def build_precision(cfg, device: torch.device) -> Precision:
     # pure half precision: the model itself in fp16 / bf16
     dtype = torch.float16 if name == "fp16" else torch.bfloat16
     _check_half_support(device, dtype, name)
-    scaling = bool(cfg.get("loss_scaling", name == "fp16"))
-    scaler = DynamicLossScaler(init_scale=float(cfg.get("init_scale", 2.0 ** 16)),
-                               growth_interval=int(cfg.get("growth_interval", 2000)), enabled=scaling)
     init = cfg.get("init_scale", 2.0 ** 16)
     if not math.isfinite(float(init)) or float(init) <= 0:
         raise ConfigError(f"precision.init_scale must be a finite number > 0, got {init!r}")
+    scaler = DynamicLossScaler(init_scale=float(init), growth_interval=int(cfg.get("growth_interval", 2000)),
+                               enabled=bool(cfg.get("loss_scaling", name == "fp16")))
     return Precision(name, dtype, None, scaler, dev, _stats_dtype(cfg, None),
                      master_weights=bool(cfg.get("master_weights", False)))
