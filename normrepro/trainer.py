@@ -161,6 +161,8 @@ def _fit(cfg, run_dir, dist_info, device, main) -> dict:
     precision.prepare_optimizer(optimizer)  # fp32 master weights for pure fp16 when asked
     scaler = precision.scaler
     reference = _reference(oc, si_layers, epochs)
+    interpolate = _choice(oc.get("reference_interpolation", "none"), "optim.reference_interpolation",
+                          ("none", "linear")) == "linear"
     train_model = model
     if dist_info.enabled:
         ids = [device.index] if device.type == "cuda" else None
@@ -193,7 +195,9 @@ def _fit(cfg, run_dir, dist_info, device, main) -> dict:
         data.train.set_epoch(epoch)
         model.train()
         if reference is not None:  # lr_correction / norm_schedule: this epoch's reference norms
-            optimizer.set_targets(reference[epoch], lr_factor(epoch, dict(oc.schedule), epochs) ** -0.5)
+            end = reference[epoch + 1] if interpolate and epoch + 1 < len(reference) else None
+            optimizer.set_targets(reference[epoch], lr_factor(epoch, dict(oc.schedule), epochs) ** -0.5, end,
+                                  steps_per_epoch)
         lr = optimizer.param_groups[0]["lr"]
         t0 = time.perf_counter()
         loss_sum = torch.zeros((), device=device)
@@ -284,6 +288,12 @@ def _diverged(row: dict, steps: int, model: torch.nn.Module) -> str | None:
     if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
         return "non-finite weights"
     return None
+
+
+def _choice(value, key: str, choices: tuple) -> str:
+    if value not in choices:
+        raise choice_error(key, value, choices)
+    return value
 
 
 def _reference(oc, si_layers, epochs):

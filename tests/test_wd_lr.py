@@ -154,3 +154,27 @@ def test_run_wd_arms_runs_the_four_arms_in_order(tmp_path):
     table = (tmp_path / "report.md").read_text()
     assert "wd_lr_digits_vgg11_norm_schedule" in table and "90.44" in table  # paper's lr_correction value beside
     assert (tmp_path / "report_acc.png").stat().st_size > 0 and (tmp_path / "report_weight_norm.png").is_file()
+
+
+def test_reference_interpolation_moves_the_target_within_the_epoch():
+    conv = torch.nn.Conv2d(2, 3, 3)
+    opt = ScaleInvariantSGD([{"params": [conv.weight], "names": ["conv.weight"], "scale_invariant": True}],
+                            mode="norm_schedule", lr=0.1)
+    start, end = torch.tensor([1.0, 1.0, 1.0]), torch.tensor([3.0, 5.0, 1.0])
+    opt.set_targets({"conv": start}, 1.0, end={"conv": end}, steps=4)
+    seen = []
+    for _ in range(4):
+        conv(torch.randn(4, 2, 5, 5)).pow(2).sum().backward()
+        opt.step()
+        opt.zero_grad()
+        seen.append(conv.weight.detach().flatten(1).norm(dim=1))
+    for i, norms in enumerate(seen):  # step i rescales to the target at fraction i/4
+        torch.testing.assert_close(norms, start + (end - start) * i / 4)
+
+
+def test_bad_reference_interpolation_names_choices(tmp_path):
+    fit(compose_cfg(ONE_STEP + ["train.epochs=1"]), tmp_path / "ref")
+    cfg = compose_cfg(ONE_STEP + ["train.epochs=1", "optim.mode=lr_correction", f"optim.reference={tmp_path / 'ref'}",
+                                  "optim.reference_interpolation=cubic"])
+    with pytest.raises(ConfigError, match="'cubic'.*linear"):
+        fit(cfg, tmp_path / "run")

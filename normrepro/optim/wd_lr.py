@@ -10,6 +10,9 @@ output channel c, with ``targets`` = ‖w_c^WD(epoch)‖ recorded by a ``wd_on``
   by 10, which replaces the LR drop (with lr ×0.1 every 20 epochs, m = (√10)^⌊epoch/20⌋).
 - ``standard``: plain SGD.
 Works with any model: the flagged groups carry the parameter names (``names``) of the layers' weights.
+The reference is recorded once per epoch; with ``end`` given to ``set_targets`` the target moves linearly from the
+epoch's start value to its end value over the epoch's steps (``optim.reference_interpolation=linear``), which
+matters early in training, when norms change several-fold within one epoch.
 """
 from __future__ import annotations
 
@@ -34,11 +37,23 @@ class ScaleInvariantSGD(torch.optim.SGD):
         self.mode = mode
         self.multiplier = 1.0
         self._targets: dict[str, torch.Tensor] = {}
+        self._ends: dict[str, torch.Tensor] | None = None
+        self._steps, self._step_in_epoch = 1, 0
 
-    def set_targets(self, norms_by_layer: dict[str, torch.Tensor], multiplier: float = 1.0) -> None:
-        """Per-channel target norms for this epoch, keyed by layer name (weights are ``<layer>.weight``)."""
+    def set_targets(self, norms_by_layer: dict[str, torch.Tensor], multiplier: float = 1.0,
+                    end: dict[str, torch.Tensor] | None = None, steps: int = 1) -> None:
+        """Per-channel target norms for this epoch, keyed by layer name (weights are ``<layer>.weight``);
+        with ``end``, the target at step i of ``steps`` is start + (i / steps)·(end - start)."""
         self._targets = {f"{layer}.weight": n for layer, n in norms_by_layer.items()}
+        self._ends = None if end is None else {f"{layer}.weight": n for layer, n in end.items()}
         self.multiplier = float(multiplier)
+        self._steps, self._step_in_epoch = max(int(steps), 1), 0
+
+    def _target(self, name: str, device) -> torch.Tensor:
+        t = self._targets[name].to(device)
+        if self._ends is not None:
+            t = torch.lerp(t, self._ends[name].to(device), min(self._step_in_epoch / self._steps, 1.0))
+        return t
 
     def _flagged(self):
         for group in self.param_groups:
@@ -51,11 +66,12 @@ class ScaleInvariantSGD(torch.optim.SGD):
         if self.mode == "lr_correction":
             for name, p in self._flagged():
                 if p.grad is not None:
-                    ratio = p.flatten(1).float().pow(2).sum(1) / self._targets[name].to(p.device).pow(2).clamp_min(1e-24)
+                    ratio = p.flatten(1).float().pow(2).sum(1) / self._target(name, p.device).pow(2).clamp_min(1e-24)
                     p.grad.mul_(_per_channel(ratio, p.grad))
         loss = super().step(closure)
         if self.mode == "norm_schedule":
             for name, p in self._flagged():
-                target = self._targets[name].to(p.device) * self.multiplier
+                target = self._target(name, p.device) * self.multiplier
                 p.mul_(_per_channel(target / p.flatten(1).float().norm(dim=1).clamp_min(1e-12), p))
+        self._step_in_epoch += 1
         return loss
