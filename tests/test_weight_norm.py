@@ -163,3 +163,20 @@ def test_experiment_configs_compose():
     cfg = compose_cfg(["experiment=bwn_digits", "norm=wn"])
     assert (cfg.dataset.name, cfg.model.name, cfg.norm.weight_norm) == ("digits", "resnet20", "wn")
     assert cfg.optim.wd_policy == "classifier" and cfg.train.grad_clip == 5.0
+
+
+@pytest.mark.parametrize("kind", ["bwn", "wn", "bwn_gain"])
+def test_trainer_resume_restores_parametrized_weights_exactly(tmp_path, kind):
+    """A run stopped after epoch 1 and resumed ends exactly where an uninterrupted run does."""
+    from normrepro.trainer import fit
+    from conftest import TINY
+
+    common = TINY + [f"norm={kind}", "optim.schedule.name=constant"]
+    full = fit(compose_cfg(common + ["train.epochs=2"]), tmp_path / "full")
+    fit(compose_cfg(common + ["train.epochs=1"]), tmp_path / "resumed")
+    resumed = fit(compose_cfg(common + ["train.epochs=2"]), tmp_path / "resumed")
+    assert resumed["epochs"][-1]["train_loss"] == full["epochs"][-1]["train_loss"]
+    assert resumed["epochs"][-1]["test_loss"] == full["epochs"][-1]["test_loss"]
+    a = torch.load(tmp_path / "full" / "last.ckpt", weights_only=False)["model"]
+    b = torch.load(tmp_path / "resumed" / "last.ckpt", weights_only=False)["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
