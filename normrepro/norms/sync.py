@@ -231,16 +231,20 @@ class SyncMeanBatchNormFunction(torch.autograd.Function):
 
 
 # ------------------------------------------------------------------------------------------- layers
-class _SyncLp:
-    """Mixin of the synchronized Lp batch norms: statistics objects carry ``process_group``."""
+class _Sync:
+    """Mixin of every synchronized norm layer: its ``process_group`` (None = WORLD) and the repr flag."""
     process_group = None
     is_sync_norm = True
 
-    def _new_stats(self) -> NF._Stats:
-        return dataclasses.replace(super()._new_stats(), group=self.process_group)
-
     def extra_repr(self) -> str:
         return super().extra_repr() + ", sync=True"
+
+
+class _SyncLp(_Sync):
+    """Mixin of the synchronized Lp batch norms: statistics objects carry ``process_group``."""
+
+    def _new_stats(self) -> NF._Stats:
+        return dataclasses.replace(super()._new_stats(), group=self.process_group)
 
 
 class SyncL1BatchNorm(_SyncLp, L1BatchNorm):
@@ -263,10 +267,7 @@ class SyncL2LpBatchNorm(_SyncLp, L2LpBatchNorm):
         self._ema(self.running_var, f * (n / (n - 1)), m)
 
 
-class SyncMeanBatchNorm(MeanBatchNorm):
-    process_group = None
-    is_sync_norm = True
-
+class SyncMeanBatchNorm(_Sync, MeanBatchNorm):
     def forward(self, x: Tensor) -> Tensor:
         if not self.training:
             return super().forward(x)
@@ -282,18 +283,13 @@ class SyncMeanBatchNorm(MeanBatchNorm):
                                                  self.process_group).amax()
             return y
 
-    def extra_repr(self) -> str:
-        return super().extra_repr() + ", sync=True"
 
-
-class SyncBatchNorm(BatchNorm):
+class SyncBatchNorm(_Sync, BatchNorm):
     """torch's batch norm (``l2``, impl="torch") with synchronized statistics: torch's own synchronized kernels
     (``torch.nn.modules._functions.SyncBatchNorm``, what ``nn.SyncBatchNorm`` runs) on CUDA/XPU/HPU input without
     stats_dtype or track_max_dev, else ``SyncL2Stats`` through this package's Lp path with torch's buffer updates.
     Eval: BatchNorm's (running statistics, no communication). Not an ``nn.SyncBatchNorm`` subclass: DDP refuses
     those on CPU modules, and torch's sync kernels refuse CPU tensors."""
-    process_group = None
-    is_sync_norm = True
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.training:
@@ -325,9 +321,6 @@ class SyncBatchNorm(BatchNorm):
         if self.track_max_dev:
             self.last_max_dev = max_dev.detach().amax()
         return y
-
-    def extra_repr(self) -> str:
-        return super().extra_repr() + ", sync=True"
 
 
 _LP_SYNC = {BatchNorm: SyncBatchNorm, L1BatchNorm: SyncL1BatchNorm, TopkBatchNorm: SyncTopkBatchNorm,
