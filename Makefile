@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export TORCHINDUCTOR_CACHE_DIR := $(CURDIR)/.cache/torchinductor
 export MPLBACKEND := Agg
 
-.PHONY: install demo test test-all tables bench clean
+.PHONY: install demo test test-all lint tables bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ demo: install
 ## the default test suite (slow tests excluded)
 test: install
 	$(PY) -m pytest -m "not slow" -q
+
+## ruff: lint and import order (configured in pyproject.toml)
+lint: install
+	$(PY) -m ruff check .
 
 ## every test, slow ones included
 test-all: install

@@ -3,7 +3,7 @@ import hydra
 from omegaconf import DictConfig
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+@hydra.main(version_base="1.3", config_path="normrepro/conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
     from normrepro.cli import main as run
 

@@ -185,7 +185,8 @@ class Precision:
 def scaler_stats(scaler) -> dict:
     """Steps skipped so far (non-finite gradients) and the current loss scale (None without scaling)."""
     enabled = scaler.enabled if isinstance(scaler, DynamicLossScaler) else scaler.is_enabled()
-    return {"skipped_steps": int(getattr(scaler, "skipped_steps", 0)), "loss_scale": scaler.get_scale() if enabled else None}
+    return {"skipped_steps": int(getattr(scaler, "skipped_steps", 0)),
+            "loss_scale": scaler.get_scale() if enabled else None}
 
 
 def _scaler_kind(scaler) -> str:

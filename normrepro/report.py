@@ -26,8 +26,9 @@ import os
 import re
 import statistics
 import sys
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import yaml
 
@@ -411,7 +412,7 @@ def aggregate(runs: list[dict], paper: dict | None = None, table: str | None = N
         if r.get("metrics"):
             groups.setdefault(r["group_key"], []).append(r)
     out = []
-    for key, members in groups.items():
+    for members in groups.values():
         done = [r for r in members if r["problem"] is None]
         accs = [r["test_acc"] for r in done]
         bests = [r["best_test_acc"] for r in done if r["best_test_acc"] is not None]

@@ -14,8 +14,8 @@ import io
 import math
 import os
 import statistics
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from normrepro.utils.io import atomic_write_bytes
 

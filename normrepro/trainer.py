@@ -19,18 +19,18 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
+from normrepro.channel_norms import WEIGHT_NORMS_NAME, WeightNormRecorder, load_reference
 from normrepro.checkpoint import CKPT_NAME, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from normrepro.data import build_data
+from normrepro.distributed import all_reduce_sum, barrier, cleanup, init_distributed
 from normrepro.errors import ConfigError, choice_error
 from normrepro.loggers import build_logger
 from normrepro.metrics import MetricsWriter
-from normrepro.distributed import all_reduce_sum, barrier, cleanup, init_distributed
 from normrepro.models import build_model, scale_invariant_layers
 from normrepro.norms import norm_factory
 from normrepro.optim import build_optimizer, build_scheduler, lr_factor
 from normrepro.precision import build_precision, scaler_stats
 from normrepro.utils.env import run_env
-from normrepro.weight_norms import WEIGHT_NORMS_NAME, WeightNormRecorder, load_reference
 
 log = logging.getLogger(__name__)
 # a loss scaler's skipped step leaves the per-step schedule one call ahead of the optimizer: intended

@@ -25,8 +25,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from normrepro.norms import build_norm, set_backend  # noqa: E402
-from normrepro.norms import _native  # noqa: E402
+from normrepro.norms import (  # noqa: E402
+    _native,  # noqa: E402
+    build_norm,
+    set_backend,
+)
 from normrepro.utils.bench import bench_devices, keep_freed_memory, saved_bytes  # noqa: E402
 
 SHAPES = [(128, 64, 32, 32), (128, 128, 16, 16), (128, 256, 8, 8), (128, 512, 4, 4)]

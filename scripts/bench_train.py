@@ -48,9 +48,9 @@ from normrepro.data.sources import CIFAR_MEAN, CIFAR_STD  # noqa: E402
 from normrepro.precision import build_precision  # noqa: E402
 from normrepro.utils.bench import bench_devices, keep_freed_memory  # noqa: E402
 
-MODELS = {"resnet20": "resnet20", "resnet18": "resnet18_cifar"}  # short name -> conf/model
+MODELS = {"resnet20": "resnet20", "resnet18": "resnet18_cifar"}  # short name -> normrepro/conf/model
 NORMS = ["l2", "l1", "linf", "topk"]
-BN = "l2"  # conf/norm/l2.yaml: impl=torch, i.e. torch's BatchNorm2d
+BN = "l2"  # normrepro/conf/norm/l2.yaml: impl=torch, i.e. torch's BatchNorm2d
 
 
 def sync_fn(device):
@@ -60,7 +60,7 @@ def sync_fn(device):
 def compose_cfg(overrides):
     from hydra import compose, initialize_config_dir
 
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(REPO / "normrepro" / "conf"), version_base="1.3"):
         return compose(config_name="config", overrides=list(overrides))
 
 
@@ -152,7 +152,7 @@ def bench_model(model, norms, compile_, args, device):
         fit_t, min_t, bn_t = [], [], []
         t_start = time.perf_counter()
 
-        def hook(row):
+        def hook(row, loop=loop, fit_t=fit_t, min_t=min_t, bn_t=bn_t):  # called within this iteration
             if row["epoch"] == 1:  # fit()'s warm-up epoch: warm the minimal loops up too
                 loop.run(batches[:2])
                 return
@@ -348,7 +348,7 @@ def main(argv=None) -> int:
         if args.data:
             ips = bench_data(dargs, device)
             base = ips["in-memory"]
-            lines = ["| data path (batch %d) | images/s | in-memory ÷ this |" % args.batch_size, "|---|---|---|"]
+            lines = [f"| data path (batch {args.batch_size}) | images/s | in-memory ÷ this |", "|---|---|---|"]
             lines += [f"| {k} | {v:,.0f} | {base / v:.1f}× |" for k, v in ips.items()]
             print("\n" + "\n".join(lines), flush=True)
             section += lines + [""]

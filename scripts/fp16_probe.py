@@ -2,7 +2,7 @@
 """Float16 probe of the normalization layers (issue 4, item 1): for each norm and pre-norm scale K, run the
 real layer in float16 (training mode) on K * Gaussian activations and compare it with the same layer in
 float64: fraction of non-finite outputs, collapsed channels, relative error of the scale estimate.
-Writes results/fp16_probe.{md,csv,png}. The logic lives in normrepro/fp16_probe.py.
+Writes results/fp16_probe.{md,csv,png}. The logic lives in normrepro/experiments/fp16_probe.py.
 
     python scripts/fp16_probe.py
     python scripts/fp16_probe.py --norms l2_lp,l1 --scales 1,100,10000 --shape 64,32,8,8 --out-dir /tmp/p
@@ -19,8 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from normrepro import fp16_probe as P  # noqa: E402
 from normrepro.errors import ConfigError  # noqa: E402
+from normrepro.experiments import fp16_probe as P  # noqa: E402
 
 
 def _cpu_name() -> str:

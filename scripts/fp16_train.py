@@ -5,7 +5,7 @@
 
 Setting ``normalized``: inputs normalized as usual. Setting ``raw``: inputs are raw pixel values 0..255
 (dataset.std=1/255), so the first layer's pre-normalization activations are ~255x larger (the large-|x - mu| regime
-of PAPER.md §1.4 that weight growth without weight decay produces over a long run). Everything else: experiment
+of docs/paper.md §1.4 that weight growth without weight decay produces over a long run). Everything else: experiment
 fp16_digits (ResNet-20 at quarter width, no weight decay, norm.track_max_dev=true). Writes ``<out>/fp16_train.md``
 (table + commands + machine), ``<out>/fp16_train.png`` (test accuracy and largest |x - mu| per epoch).
 """

@@ -3,11 +3,12 @@
     python scripts/run_wd_arms.py --prefix wd_lr_cifar10_vgg11 --seeds 0,1,2          # the paper's setting
     python scripts/run_wd_arms.py --prefix wd_lr_digits_vgg11 --seeds 0,1,2 --jobs 2  # CPU-sized version
 
-Experiments ``<prefix>_{wd_on,wd_off,lr_correction,norm_schedule}`` must exist in conf/experiment. Runs land in
-``<experiment.root>/<arm>/seed<seed>`` (lr_correction and norm_schedule read ``wd_on/seed<seed>/weight_norms.pt``);
-an interrupted family resumes from its checkpoints when run again. Writes ``<out>.md/.csv`` (report, paper's
-numbers beside ours) and ``<out>_curves.png`` (test accuracy and the scale-invariant weights' norm per epoch).
-Extra arguments after ``--`` are passed to every run (e.g. ``-- train.epochs=8``).
+Experiments ``<prefix>_{wd_on,wd_off,lr_correction,norm_schedule}`` must exist in normrepro/conf/experiment. Runs
+land in ``<experiment.root>/<arm>/seed<seed>`` (lr_correction and norm_schedule read
+``wd_on/seed<seed>/weight_norms.pt``); an interrupted family resumes from its checkpoints when run again. Writes
+``<out>.md/.csv`` (report, paper's numbers beside ours) and ``<out>_curves.png`` (test accuracy and the scale-
+invariant weights' norm per epoch). Extra arguments after ``--`` are passed to every run (e.g. ``--
+train.epochs=8``).
 """
 from __future__ import annotations
 
@@ -28,9 +29,10 @@ def main(argv=None) -> int:
     p.add_argument("--out", help="report path without suffix (default results/<prefix>)")
     p.add_argument("extra", nargs="*", help="overrides for every run (after --)")
     args = p.parse_args(argv)
-    missing = [a for a in ARMS if not (REPO / "conf" / "experiment" / f"{args.prefix}_{a}.yaml").is_file()]
+    experiments = REPO / "normrepro" / "conf" / "experiment"
+    missing = [a for a in ARMS if not (experiments / f"{args.prefix}_{a}.yaml").is_file()]
     if missing:
-        sys.exit(f"error: no experiment {args.prefix}_{missing[0]} in conf/experiment "
+        sys.exit(f"error: no experiment {args.prefix}_{missing[0]} in normrepro/conf/experiment "
                  f"(expected {', '.join(args.prefix + '_' + a for a in ARMS)})")
     launcher = ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={args.jobs}", "train.num_threads=1"] \
         if args.jobs > 1 else []
@@ -41,12 +43,13 @@ def main(argv=None) -> int:
         subprocess.run(cmd, cwd=REPO, check=True)
 
     sys.path.insert(0, str(REPO))
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
     from normrepro.report import collect_runs, write_report
     from normrepro.report_plots import plot_curves
-    from omegaconf import OmegaConf
-    from hydra import compose, initialize_config_dir
 
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(REPO / "normrepro" / "conf"), version_base="1.3"):
         cfg = compose(config_name="config", overrides=[f"experiment={args.prefix}_wd_on", *(
             o for o in args.extra if not o.lstrip("+~").startswith("hydra"))])
     root = REPO / OmegaConf.select(cfg, "experiment.root")

@@ -6,7 +6,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 REPO = Path(__file__).resolve().parents[1]
-CONF = str(REPO / "conf")
+CONF = str(REPO / "normrepro" / "conf")
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 os.environ.setdefault("MPLBACKEND", "Agg")

@@ -14,7 +14,7 @@ from normrepro.data.sources import CIFAR_MEAN, CIFAR_STD, make_synthetic
 from normrepro.errors import ConfigError
 
 CPU = torch.device("cpu")
-CONF = Path(__file__).resolve().parents[1] / "conf" / "dataset"
+CONF = Path(__file__).resolve().parents[1] / "normrepro" / "conf" / "dataset"
 
 
 @pytest.fixture(autouse=True)

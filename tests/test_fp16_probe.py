@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from normrepro import fp16_probe as P
 from normrepro.errors import ConfigError
+from normrepro.experiments import fp16_probe as P
 
 REPO = Path(__file__).resolve().parents[1]
 SHAPE = (32, 8, 4, 4)  # n = 512 values per channel

@@ -11,8 +11,17 @@ import torch
 from torch.autograd import gradcheck
 
 from normrepro.errors import ConfigError
-from normrepro.norms import (C_L1, NORM_NAMES, BatchNorm, L2LpBatchNorm, backend, build_norm, c_linf,
-                             is_norm_layer, norm_factory)
+from normrepro.norms import (
+    C_L1,
+    NORM_NAMES,
+    BatchNorm,
+    L2LpBatchNorm,
+    backend,
+    build_norm,
+    c_linf,
+    is_norm_layer,
+    norm_factory,
+)
 from normrepro.norms import functional as NF
 from normrepro.utils.bench import saved_bytes
 
@@ -21,7 +30,7 @@ BACKENDS = ["native", "torch"]  # the compiled CPU kernels and the torch-ops pat
 
 
 def reference(name: str, x: torch.Tensor, w, b, eps: float = 1e-5, k: int = 10) -> torch.Tensor:
-    """The formulas of PAPER.md §1.3 written plainly (autograd differentiates them)."""
+    """The formulas of docs/paper.md §1.3 written plainly (autograd differentiates them)."""
     dims = (0,) if x.dim() == 2 else (0, 2, 3)
     shape = (1, -1) + (1,) * (x.dim() - 2)
     n = x.numel() // x.shape[1]
@@ -137,7 +146,7 @@ def test_linf_is_topk_with_k1_and_topk_ge_linf():
 
 def test_constants():
     assert C_L1 == pytest.approx(1.2533, abs=1e-4)
-    for n, c in [(128, 0.4955), (1024, 0.4145), (32768, 0.3385), (802816, 0.2960)]:  # PAPER.md §1.3
+    for n, c in [(128, 0.4955), (1024, 0.4145), (32768, 0.3385), (802816, 0.2960)]:  # docs/paper.md §1.3
         assert c_linf(n) == pytest.approx(c, abs=1e-4)
 
 
@@ -250,7 +259,7 @@ def test_l1_estimates_gaussian_sigma():
     m(x)
     ratio = m.running_scale / sigma
     assert ((ratio - 1).abs() < 0.01).all(), ratio
-    # L-inf and Top-10 come out at about 1.1-1.45 sigma (PAPER.md §1.3)
+    # L-inf and Top-10 come out at about 1.1-1.45 sigma (docs/paper.md §1.3)
     for name in ("linf", "topk"):
         m = build_norm(name, 3, momentum=1.0)
         m(x)
@@ -448,13 +457,13 @@ def test_bad_input_messages():
     assert "num_features" in msg(lambda: build_norm("l1", 0))
     for name in ("l2", "l1", "linf", "topk", "mean"):
         m = build_norm(name, 4)
-        text = msg(lambda: m(torch.randn(2, 4, 3)))
+        text = msg(lambda m=m: m(torch.randn(2, 4, 3)))
         assert "3-D" in text and "(2, 4, 3)" in text
-        text = msg(lambda: m(torch.randn(2, 5, 3, 3)))
+        text = msg(lambda m=m: m(torch.randn(2, 5, 3, 3)))
         assert "5 channels" in text and "num_features=4" in text
-        text = msg(lambda: m(torch.randn(1, 4)))
+        text = msg(lambda m=m: m(torch.randn(1, 4)))
         assert "more than 1 value per channel" in text
-        text = msg(lambda: m(torch.randn(1, 4, 1, 1)))
+        text = msg(lambda m=m: m(torch.randn(1, 4, 1, 1)))
         assert "more than 1 value per channel" in text
 
 

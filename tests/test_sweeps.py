@@ -6,11 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import CONF, REPO, TINY, compose_cfg
-from normrepro.trainer import fit
+from PIL import Image
 from test_data import write_cifar
+
+from normrepro.trainer import fit
 
 EXPERIMENTS = sorted(p.stem for p in (Path(CONF) / "experiment").glob("*.yaml"))
 

@@ -7,15 +7,15 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import CONF, REPO, TINY, compose_cfg
+
 from normrepro import trainer
 from normrepro.errors import ConfigError
 from normrepro.trainer import fit
 
 
 def group_options():
-    """``group=option`` for every config file below conf/ (nested groups too, e.g. hydra/launcher=slurm)."""
+    """``group=option`` for every config file below normrepro/conf/ (nested groups too, e.g. hydra/launcher=slurm)."""
     for f in sorted(Path(CONF).glob("*/**/*.yaml")):
         yield f"{f.parent.relative_to(CONF).as_posix()}={f.stem}"
 

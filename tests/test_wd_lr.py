@@ -2,12 +2,12 @@
 import pytest
 import torch
 
+from normrepro.channel_norms import WEIGHT_NORMS_NAME
 from normrepro.errors import ConfigError
 from normrepro.models import build_model, scale_invariant_layers
 from normrepro.norms import norm_factory
 from normrepro.optim.wd_lr import ScaleInvariantSGD
 from normrepro.trainer import fit
-from normrepro.weight_norms import WEIGHT_NORMS_NAME
 from tests.conftest import TINY, compose_cfg
 
 ONE_STEP = TINY + ["train.max_steps_per_epoch=1", "train.epochs=3", "optim.schedule.name=constant"]
@@ -125,7 +125,8 @@ def test_reference_with_other_architecture_is_a_clear_error(tmp_path):
     cfg = compose_cfg(ONE_STEP + ["model.width=8", "optim.mode=lr_correction", f"optim.reference={tmp_path / 'ref'}"])
     with pytest.raises(ConfigError, match="another architecture"):
         fit(cfg, tmp_path / "run")
-    short = compose_cfg(ONE_STEP + ["train.epochs=5", "optim.mode=lr_correction", f"optim.reference={tmp_path / 'ref'}"])
+    short = compose_cfg(ONE_STEP + ["train.epochs=5", "optim.mode=lr_correction",
+                                    f"optim.reference={tmp_path / 'ref'}"])
     with pytest.raises(ConfigError, match="recorded 2 epoch boundaries"):
         fit(short, tmp_path / "run")
 

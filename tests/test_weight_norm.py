@@ -1,14 +1,20 @@
-"""Bounded weight norm (issue 5, PAPER.md §1.5): BWN, plain WN and BWN with bounded gains on conv layers."""
+"""Bounded weight norm (issue 5, docs/paper.md §1.5): BWN, plain WN and BWN with bounded gains on conv layers."""
 import pytest
 import torch
+from conftest import compose_cfg
 from torch import nn
 from torch.nn.utils import parametrize
 
-from conftest import compose_cfg
 from normrepro.errors import ConfigError
 from normrepro.models import build_model
-from normrepro.models.weight_norm import (KINDS, BoundedGainWeightNorm, BoundedWeightNorm, apply_weight_norm,
-                                          conv_layers, weight_norm_summary)
+from normrepro.models.weight_norm import (
+    KINDS,
+    BoundedGainWeightNorm,
+    BoundedWeightNorm,
+    apply_weight_norm,
+    conv_layers,
+    weight_norm_summary,
+)
 from normrepro.norms import norm_factory
 from normrepro.optim.param_groups import param_groups
 
@@ -103,7 +109,8 @@ def test_bwn_gain_keeps_the_gain_norm_fixed_after_sgd():
         # effective gains = per-channel norms of w; their vector keeps the initial norm ||g0||
         eff = channel_norms(conv.weight.detach())
         assert float(eff.norm()) == pytest.approx(float(p.g0_norm), rel=1e-5)
-        torch.testing.assert_close(eff, g.flatten().abs() * p.g0_norm / g.norm(), rtol=1e-5, atol=1e-6)  # g_c may turn negative
+        # g_c may turn negative
+        torch.testing.assert_close(eff, g.flatten().abs() * p.g0_norm / g.norm(), rtol=1e-5, atol=1e-6)
         changed += not torch.allclose(g / g.norm(), g0[name] / g0[name].norm())
     assert changed > 0  # the relative gains are learned
 
@@ -168,8 +175,9 @@ def test_experiment_configs_compose():
 @pytest.mark.parametrize("kind", ["bwn", "wn", "bwn_gain"])
 def test_trainer_resume_restores_parametrized_weights_exactly(tmp_path, kind):
     """A run stopped after epoch 1 and resumed ends exactly where an uninterrupted run does."""
-    from normrepro.trainer import fit
     from conftest import TINY
+
+    from normrepro.trainer import fit
 
     common = TINY + [f"norm={kind}", "optim.schedule.name=constant"]
     full = fit(compose_cfg(common + ["train.epochs=2"]), tmp_path / "full")

@@ -12,8 +12,14 @@ import torch
 
 from normrepro.data.imagenet import imagenet_loaders
 from normrepro.data.memory import InMemoryLoader, batch_crop, epoch_generator
-from normrepro.data.sources import (CIFAR_MEAN, CIFAR_STD, load_cifar_uint8, load_digits_uint8, make_synthetic,
-                                    resize_uint8)
+from normrepro.data.sources import (
+    CIFAR_MEAN,
+    CIFAR_STD,
+    load_cifar_uint8,
+    load_digits_uint8,
+    make_synthetic,
+    resize_uint8,
+)
 from normrepro.errors import ConfigError, choice_error
 
 DATASET_NAMES = ("digits", "synthetic", "cifar10", "cifar100", "imagenet")

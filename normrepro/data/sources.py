@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from normrepro.data.memory import mix_seed
 from normrepro.errors import ConfigError
 
-CIFAR_MEAN = (0.4914, 0.4822, 0.4465)  # the paper's (authors' code) CIFAR normalization, PAPER.md §2
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)  # the paper's (authors' code) CIFAR normalization, docs/paper.md §2
 CIFAR_STD = (0.2023, 0.1994, 0.2010)
 
 CIFAR = {

@@ -6,7 +6,6 @@ final classifier ``model.fc``.
 from __future__ import annotations
 
 import copy
-
 import functools
 import inspect
 

@@ -1,6 +1,6 @@
 """Weight normalization of conv layers (issue 5): bounded WN (BWN), plain WN, BWN with bounded gains.
 
-PAPER.md §1.5. For a conv weight with output channels c, ``v_c`` the stored (unconstrained) parameter:
+docs/paper.md §1.5. For a conv weight with output channels c, ``v_c`` the stored (unconstrained) parameter:
 
 - ``bwn``:      w_c = rho * v_c / ||v_c||_2, with rho a FIXED per-layer scalar buffer (not learned),
                 rho = mean over output channels of the initial per-channel norm ||w_c^init||_2.
@@ -29,18 +29,12 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from normrepro.channel_norms import channel_norms
 from normrepro.errors import ConfigError, choice_error
 
 KINDS = ("none", "bwn", "wn", "bwn_gain")
 # spellings accepted for "none" (YAML false/off/null)
 _NONE_ALIASES = {None, False, "none", "false", "off", "null", ""}
-
-
-def _channel_norms(w: torch.Tensor) -> torch.Tensor:
-    """Per-output-channel L2 norms of ``w`` (shape (C_out, 1, ..., 1)), computed in float32 at least."""
-    dims = tuple(range(1, w.dim()))
-    dtype = torch.promote_types(w.dtype, torch.float32)
-    return torch.linalg.vector_norm(w, ord=2, dim=dims, keepdim=True, dtype=dtype)
 
 
 class BoundedWeightNorm(nn.Module):
@@ -50,11 +44,11 @@ class BoundedWeightNorm(nn.Module):
         super().__init__()
         self.eps = eps
         with torch.no_grad():
-            rho = _channel_norms(weight).mean().to(weight.dtype)
+            rho = channel_norms(weight, keepdim=True).mean().to(weight.dtype)
         self.register_buffer("rho", rho)
 
     def forward(self, v: torch.Tensor) -> torch.Tensor:
-        n = _channel_norms(v).clamp_min(self.eps)
+        n = channel_norms(v, keepdim=True).clamp_min(self.eps)
         return (v * (self.rho / n).to(v.dtype))
 
     def extra_repr(self) -> str:
@@ -71,16 +65,16 @@ class BoundedGainWeightNorm(nn.Module):
         super().__init__()
         self.eps = eps
         with torch.no_grad():
-            g0_norm = torch.linalg.vector_norm(_channel_norms(weight)).to(weight.dtype)
+            g0_norm = torch.linalg.vector_norm(channel_norms(weight, keepdim=True)).to(weight.dtype)
         self.register_buffer("g0_norm", g0_norm)
 
     def forward(self, g: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         g_scaled = g * (self.g0_norm / torch.linalg.vector_norm(g).clamp_min(self.eps))
-        return v * (g_scaled / _channel_norms(v).clamp_min(self.eps)).to(v.dtype)
+        return v * (g_scaled / channel_norms(v, keepdim=True).clamp_min(self.eps)).to(v.dtype)
 
     def right_inverse(self, w: torch.Tensor):
         """(g, v) with g = per-channel norms of w and v = w (exact when ||g|| equals g0_norm)."""
-        return _channel_norms(w).to(w.dtype), w
+        return channel_norms(w, keepdim=True).to(w.dtype), w
 
     def extra_repr(self) -> str:
         return f"g0_norm={float(self.g0_norm):.4g}"
@@ -144,7 +138,7 @@ def weight_norm_summary(model: nn.Module) -> list[dict]:
     for name, conv in conv_layers(model):
         kind = weight_norm_kind(conv)
         w = conv.weight
-        cn = _channel_norms(w).flatten()
+        cn = channel_norms(w)
         row = {"name": name, "kind": kind, "norm": float(torch.linalg.vector_norm(cn)),
                "mean_channel_norm": float(cn.mean()), "min_channel_norm": float(cn.min()),
                "max_channel_norm": float(cn.max())}

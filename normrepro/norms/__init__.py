@@ -19,8 +19,17 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from normrepro.errors import ConfigError, choice_error
 from normrepro.norms.constants import C_L1, c_linf
 from normrepro.norms.functional import backend, get_backend, lp_batch_norm, set_backend
-from normrepro.norms.layers import (BatchNorm, L1BatchNorm, L2LpBatchNorm, LinfBatchNorm, LpBatchNorm,
-                                    MeanBatchNorm, NoNorm, NormLayer, TopkBatchNorm)
+from normrepro.norms.layers import (
+    BatchNorm,
+    L1BatchNorm,
+    L2LpBatchNorm,
+    LinfBatchNorm,
+    LpBatchNorm,
+    MeanBatchNorm,
+    NoNorm,
+    NormLayer,
+    TopkBatchNorm,
+)
 from normrepro.norms.sync import convert_sync_norms, is_sync_norm
 
 __all__ = ["build_norm", "norm_factory", "is_norm_layer", "NORM_NAMES", "NORM_OPTIONS", "L2_IMPLS", "C_L1",

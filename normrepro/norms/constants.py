@@ -1,4 +1,4 @@
-"""Constants of the Lp batch norms (PAPER.md §1.3)."""
+"""Constants of the Lp batch norms (docs/paper.md §1.3)."""
 from __future__ import annotations
 
 import math

@@ -1,6 +1,6 @@
 """Lp batch-norm math: per-norm batch statistics and one autograd Function (forward + analytic backward).
 
-Notation (PAPER.md §1.3), per channel over the n = N*H*W values of the batch (n = N for 2-D input):
+Notation (docs/paper.md §1.3), per channel over the n = N*H*W values of the batch (n = N for 2-D input):
     mu = mean(x),  d = x - mu,  s = f(d) + eps  (f: the norm's scale estimate; for L2 s = sqrt(mean d^2 + eps)),
     y = gamma * d / s + beta.
 Backward, with g = gamma*dy and phi_j = d f / d d_j:

@@ -181,7 +181,7 @@ class LpBatchNorm(_RunningStats):
 
 class L1BatchNorm(LpBatchNorm):
     """s = l1_scale * sqrt(pi/2) * mean|x - mu| + eps (l1_scale = 1: the paper's constant; 1/4 and 4 are its
-    ablation, PAPER.md §1.3)."""
+    ablation, docs/paper.md §1.3)."""
     norm_name = "l1"
     stats_cls = NF.L1Stats
 

@@ -4,8 +4,8 @@ With sync on, mu and s are computed over the global batch (all ranks of the proc
 global count, so a model trained with DistributedDataParallel on W ranks, each given a slice of the batch,
 follows the same trajectory as one process trained on the whole batch without sync.
 
-Reductions (torch ops, one small collective per reduction: the mean first, then the scale; the native fused CPU kernels step aside
-because ``functional.fused_kind`` does not recognize these subclasses):
+Reductions (torch ops, one small collective per reduction: the mean first, then the scale; the native fused CPU
+kernels step aside because ``functional.fused_kind`` does not recognize these subclasses):
     mean:  all-reduce of [sum x, count];           L2: all-reduce of sum (x - mu)^2
     L1:    all-reduce of [sum |x - mu|, sum sign(x - mu)]
     Top-k: all_gather of each rank's k largest |x - mu| candidates (signed) per channel, then the top-k of the
@@ -35,8 +35,18 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from normrepro.errors import ConfigError
 from normrepro.norms import functional as NF
 from normrepro.norms.constants import c_linf
-from normrepro.norms.layers import (BatchNorm, L1BatchNorm, L2LpBatchNorm, LinfBatchNorm, MeanBatchNorm, NoNorm,
-                                    TopkBatchNorm, _autocast_off, _param_view, check_input)
+from normrepro.norms.layers import (
+    BatchNorm,
+    L1BatchNorm,
+    L2LpBatchNorm,
+    LinfBatchNorm,
+    MeanBatchNorm,
+    NoNorm,
+    TopkBatchNorm,
+    _autocast_off,
+    _param_view,
+    check_input,
+)
 
 Tensor = torch.Tensor
 _v = NF._v

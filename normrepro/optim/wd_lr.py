@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import torch
 
+from normrepro.channel_norms import channel_norms
 from normrepro.errors import choice_error
 
 MODES = ("standard", "lr_correction", "norm_schedule")
@@ -58,20 +59,19 @@ class ScaleInvariantSGD(torch.optim.SGD):
     def _flagged(self):
         for group in self.param_groups:
             if group.get("scale_invariant"):
-                for name, p in zip(group["names"], group["params"]):
-                    yield name, p
+                yield from zip(group["names"], group["params"])
 
     @torch.no_grad()
     def step(self, closure=None):
         if self.mode == "lr_correction":
             for name, p in self._flagged():
                 if p.grad is not None:
-                    ratio = p.flatten(1).float().pow(2).sum(1) / self._target(name, p.device).pow(2).clamp_min(1e-24)
+                    ratio = channel_norms(p).pow(2) / self._target(name, p.device).pow(2).clamp_min(1e-24)
                     p.grad.mul_(_per_channel(ratio, p.grad))
         loss = super().step(closure)
         if self.mode == "norm_schedule":
             for name, p in self._flagged():
                 target = self._target(name, p.device) * self.multiplier
-                p.mul_(_per_channel(target / p.flatten(1).float().norm(dim=1).clamp_min(1e-12), p))
+                p.mul_(_per_channel(target / channel_norms(p).clamp_min(1e-12), p))
         self._step_in_epoch += 1
         return loss

@@ -1,4 +1,4 @@
-"""Half-precision probe of the normalization layers (issue 4, item 1; PAPER.md §1.3 point 4).
+"""Half-precision probe of the normalization layers (issue 4, item 1; docs/paper.md §1.3 point 4).
 
 For each norm and each pre-norm scale K, a seeded Gaussian activation tensor of ResNet shape times K is
 rounded to float16 and fed to the real layer (``build_norm(...)``, ``.half()``, training mode, momentum 1
@@ -222,9 +222,9 @@ def plot(rows: list[dict], path) -> None:
     Written atomically (temp file in the same folder, then os.replace)."""
     from pathlib import Path
 
-    from normrepro.utils.io import atomic_savefig
-
     import matplotlib
+
+    from normrepro.utils.io import atomic_savefig
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -302,7 +302,7 @@ def render_markdown(rows: list[dict], command: str, env: dict, shape, seed: int,
     lines = [
         "# Float16 probe of the normalization layers",
         "",
-        "Issue 4, item 1; PAPER.md §1.3 point 4 (L1 BN trains fully in fp16, L2 BN in fp16 diverged).",
+        "Issue 4, item 1; docs/paper.md §1.3 point 4 (L1 BN trains fully in fp16, L2 BN in fp16 diverged).",
         "",
         f"Command: `{command}`",
         "",

@@ -20,9 +20,12 @@ from normrepro.utils.io import atomic_torch_save
 WEIGHT_NORMS_NAME = "weight_norms.pt"
 
 
-def channel_norms(weight: torch.Tensor) -> torch.Tensor:
-    """‖w_c‖₂ for every output channel c of a conv/linear weight (float32, on the weight's device)."""
-    return weight.detach().float().flatten(1).norm(dim=1)
+def channel_norms(weight: torch.Tensor, keepdim: bool = False) -> torch.Tensor:
+    """‖w_c‖₂ of every output channel c (dim 0) of a weight, in float32 at least; differentiable (detach to record).
+    ``keepdim``: shape (C, 1, ..., 1) instead of (C,)."""
+    dims = tuple(range(1, weight.dim()))
+    return torch.linalg.vector_norm(weight, ord=2, dim=dims, keepdim=keepdim,
+                                    dtype=torch.promote_types(weight.dtype, torch.float32))
 
 
 class WeightNormRecorder:
@@ -33,7 +36,7 @@ class WeightNormRecorder:
         self.norms: list[dict[str, torch.Tensor]] = []
 
     def record(self) -> dict[str, torch.Tensor]:
-        norms = {name: channel_norms(m.weight).cpu() for name, m in self.layers}
+        norms = {name: channel_norms(m.weight.detach()).cpu() for name, m in self.layers}
         self.norms.append(norms)
         return norms
 
