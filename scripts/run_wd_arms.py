@@ -6,9 +6,9 @@
 Experiments ``<prefix>_{wd_on,wd_off,lr_correction,norm_schedule}`` must exist in normrepro/conf/experiment. Runs
 land in ``<experiment.root>/<arm>/seed<seed>`` (lr_correction and norm_schedule read
 ``wd_on/seed<seed>/weight_norms.pt``); an interrupted family resumes from its checkpoints when run again. Writes
-``<out>.md/.csv`` (report, paper's numbers beside ours) and ``<out>_curves.png`` (test accuracy and the scale-
-invariant weights' norm per epoch). Extra arguments after ``--`` are passed to every run (e.g. ``--
-train.epochs=8``).
+``<out>.md/.csv`` (report, paper's numbers beside ours) and ``<out>_curves.png`` (test accuracy and the
+scale-invariant weights' norm per epoch). Extra arguments after ``--`` are passed to every run
+(e.g. ``-- train.epochs=8``).
 """
 from __future__ import annotations
 
