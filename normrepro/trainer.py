@@ -29,6 +29,7 @@ from normrepro.metrics import MetricsWriter
 from normrepro.models import build_model, scale_invariant_layers
 from normrepro.norms import norm_factory
 from normrepro.optim import build_optimizer, build_scheduler, lr_factor
+from normrepro.optim.wd_lr import reference_entries_needed
 from normrepro.precision import build_precision, scaler_stats
 from normrepro.utils.env import run_env
 
@@ -161,8 +162,6 @@ def _fit(cfg, run_dir, dist_info, device, main) -> dict:
     precision.prepare_optimizer(optimizer)  # fp32 master weights for pure fp16 when asked
     scaler = precision.scaler
     reference = _reference(oc, si_layers, epochs)
-    interpolate = _choice(oc.get("reference_interpolation", "none"), "optim.reference_interpolation",
-                          ("none", "linear")) == "linear"
     train_model = model
     if dist_info.enabled:
         ids = [device.index] if device.type == "cuda" else None
@@ -194,9 +193,8 @@ def _fit(cfg, run_dir, dist_info, device, main) -> dict:
     for epoch in range(start_epoch, epochs):
         data.train.set_epoch(epoch)
         model.train()
-        if reference is not None:  # lr_correction / norm_schedule: this epoch's reference norms
-            end = reference[epoch + 1] if interpolate and epoch + 1 < len(reference) else None
-            optimizer.set_targets(reference[epoch], lr_factor(epoch, dict(oc.schedule), epochs) ** -0.5, end,
+        if reference is not None:  # lr_correction / norm_schedule: this epoch's reference norms (wd_lr.py)
+            optimizer.begin_epoch(epoch, reference, lr_factor(epoch, dict(oc.schedule), epochs) ** -0.5,
                                   steps_per_epoch)
         lr = optimizer.param_groups[0]["lr"]
         t0 = time.perf_counter()
@@ -290,12 +288,6 @@ def _diverged(row: dict, steps: int, model: torch.nn.Module) -> str | None:
     return None
 
 
-def _choice(value, key: str, choices: tuple) -> str:
-    if value not in choices:
-        raise choice_error(key, value, choices)
-    return value
-
-
 def _reference(oc, si_layers, epochs):
     """The reference run's per-epoch norms for optim.mode lr_correction / norm_schedule (else None)."""
     mode = oc.get("mode", "standard") or "standard"
@@ -309,7 +301,8 @@ def _reference(oc, si_layers, epochs):
         if not isinstance(getattr(m, "weight", None), torch.nn.Parameter):
             raise ConfigError(f"optim.mode={mode} needs plain weights; layer {name!r} is reparametrized "
                               f"(norm.weight_norm) — use norm.weight_norm=none")
-    return load_reference(oc.reference, {n: int(m.weight.shape[0]) for n, m in si_layers}, epochs)
+    return load_reference(oc.reference, {n: int(m.weight.shape[0]) for n, m in si_layers},
+                          reference_entries_needed(epochs, oc.get("reference_epoch", "end")))
 
 
 def _resume(ckpt_path, model, optimizer, scheduler, scaler, recorder, metrics) -> int:
