@@ -27,6 +27,7 @@ from normrepro.errors import ConfigError, choice_error
 from normrepro.loggers import build_logger
 from normrepro.metrics import MetricsWriter
 from normrepro.models import build_model, scale_invariant_layers
+from normrepro.models.weight_norm import WEIGHT_NORM_KEYS, apply_weight_norm, weight_norm_options
 from normrepro.norms import norm_factory
 from normrepro.optim import build_optimizer, build_scheduler, lr_factor
 from normrepro.optim.wd_lr import reference_entries_needed
@@ -38,7 +39,7 @@ log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before `optimizer.step\(\)`")
 
 DEVICES = ("auto", "cpu", "cuda")
-NORM_KEYS_NOT_FOR_LAYER = ("name", "sync", "weight_norm")
+NORM_KEYS_NOT_FOR_LAYER = ("name", "sync", *WEIGHT_NORM_KEYS)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -86,7 +87,8 @@ def validate(cfg: DictConfig) -> None:
 def build_model_for(cfg: DictConfig, num_classes: int, in_channels: int,
                     stats_dtype: torch.dtype | None = None) -> torch.nn.Module:
     """The configured model with the configured norm; ``stats_dtype`` (from the precision) is used unless the
-    norm config sets its own. ``norm.weight_norm`` (bwn | wn | bwn_gain) reparametrizes the conv weights."""
+    norm config sets its own. ``norm.weight_norm`` (bwn | wn | bwn_gain) reparametrizes the conv weights
+    (``norm.bwn_init``, ``norm.bwn_renorm``: see ``normrepro.models.weight_norm``)."""
     kwargs = {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items() if k != "name"}
     opts = norm_options(cfg.norm)
     if opts.get("stats_dtype") is None and stats_dtype is not None and cfg.norm.name != "none":
@@ -95,9 +97,7 @@ def build_model_for(cfg: DictConfig, num_classes: int, in_channels: int,
                         **kwargs)
     weight_norm = cfg.norm.get("weight_norm", "none") or "none"
     if weight_norm != "none":
-        from normrepro.models.weight_norm import apply_weight_norm
-
-        model = apply_weight_norm(model, weight_norm)
+        model = apply_weight_norm(model, weight_norm, **weight_norm_options(cfg.norm))
     return model
 
 
