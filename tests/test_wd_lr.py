@@ -14,7 +14,7 @@ ONE_STEP = TINY + ["train.max_steps_per_epoch=1", "train.epochs=3", "optim.sched
 
 
 def _norms(run_dir):
-    return torch.load(run_dir / WEIGHT_NORMS_NAME, weights_only=False)
+    return torch.load(run_dir / WEIGHT_NORMS_NAME, weights_only=True)
 
 
 def _params(run_dir):
