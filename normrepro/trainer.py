@@ -27,8 +27,10 @@ from normrepro.errors import ConfigError, choice_error
 from normrepro.loggers import build_logger
 from normrepro.metrics import MetricsWriter
 from normrepro.models import build_model, scale_invariant_layers
+from normrepro.models.weight_norm import WEIGHT_NORM_KEYS, apply_weight_norm, weight_norm_options
 from normrepro.norms import norm_factory
 from normrepro.optim import build_optimizer, build_scheduler, lr_factor
+from normrepro.optim.wd_lr import reference_entries_needed
 from normrepro.precision import build_precision, scaler_stats
 from normrepro.utils.env import run_env
 
@@ -37,7 +39,7 @@ log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before `optimizer.step\(\)`")
 
 DEVICES = ("auto", "cpu", "cuda")
-NORM_KEYS_NOT_FOR_LAYER = ("name", "sync", "weight_norm")
+NORM_KEYS_NOT_FOR_LAYER = ("name", "sync", *WEIGHT_NORM_KEYS)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -85,7 +87,8 @@ def validate(cfg: DictConfig) -> None:
 def build_model_for(cfg: DictConfig, num_classes: int, in_channels: int,
                     stats_dtype: torch.dtype | None = None) -> torch.nn.Module:
     """The configured model with the configured norm; ``stats_dtype`` (from the precision) is used unless the
-    norm config sets its own. ``norm.weight_norm`` (bwn | wn | bwn_gain) reparametrizes the conv weights."""
+    norm config sets its own. ``norm.weight_norm`` (bwn | wn | bwn_gain) reparametrizes the conv weights
+    (``norm.bwn_init``, ``norm.bwn_renorm``: see ``normrepro.models.weight_norm``)."""
     kwargs = {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items() if k != "name"}
     opts = norm_options(cfg.norm)
     if opts.get("stats_dtype") is None and stats_dtype is not None and cfg.norm.name != "none":
@@ -94,9 +97,7 @@ def build_model_for(cfg: DictConfig, num_classes: int, in_channels: int,
                         **kwargs)
     weight_norm = cfg.norm.get("weight_norm", "none") or "none"
     if weight_norm != "none":
-        from normrepro.models.weight_norm import apply_weight_norm
-
-        model = apply_weight_norm(model, weight_norm)
+        model = apply_weight_norm(model, weight_norm, **weight_norm_options(cfg.norm))
     return model
 
 
@@ -161,8 +162,6 @@ def _fit(cfg, run_dir, dist_info, device, main) -> dict:
     precision.prepare_optimizer(optimizer)  # fp32 master weights for pure fp16 when asked
     scaler = precision.scaler
     reference = _reference(oc, si_layers, epochs)
-    interpolate = _choice(oc.get("reference_interpolation", "none"), "optim.reference_interpolation",
-                          ("none", "linear")) == "linear"
     train_model = model
     if dist_info.enabled:
         ids = [device.index] if device.type == "cuda" else None
@@ -194,9 +193,8 @@ def _fit(cfg, run_dir, dist_info, device, main) -> dict:
     for epoch in range(start_epoch, epochs):
         data.train.set_epoch(epoch)
         model.train()
-        if reference is not None:  # lr_correction / norm_schedule: this epoch's reference norms
-            end = reference[epoch + 1] if interpolate and epoch + 1 < len(reference) else None
-            optimizer.set_targets(reference[epoch], lr_factor(epoch, dict(oc.schedule), epochs) ** -0.5, end,
+        if reference is not None:  # lr_correction / norm_schedule: this epoch's reference norms (wd_lr.py)
+            optimizer.begin_epoch(epoch, reference, lr_factor(epoch, dict(oc.schedule), epochs) ** -0.5,
                                   steps_per_epoch)
         lr = optimizer.param_groups[0]["lr"]
         t0 = time.perf_counter()
@@ -290,12 +288,6 @@ def _diverged(row: dict, steps: int, model: torch.nn.Module) -> str | None:
     return None
 
 
-def _choice(value, key: str, choices: tuple) -> str:
-    if value not in choices:
-        raise choice_error(key, value, choices)
-    return value
-
-
 def _reference(oc, si_layers, epochs):
     """The reference run's per-epoch norms for optim.mode lr_correction / norm_schedule (else None)."""
     mode = oc.get("mode", "standard") or "standard"
@@ -309,7 +301,8 @@ def _reference(oc, si_layers, epochs):
         if not isinstance(getattr(m, "weight", None), torch.nn.Parameter):
             raise ConfigError(f"optim.mode={mode} needs plain weights; layer {name!r} is reparametrized "
                               f"(norm.weight_norm) — use norm.weight_norm=none")
-    return load_reference(oc.reference, {n: int(m.weight.shape[0]) for n, m in si_layers}, epochs)
+    return load_reference(oc.reference, {n: int(m.weight.shape[0]) for n, m in si_layers},
+                          reference_entries_needed(epochs, oc.get("reference_epoch", "end")))
 
 
 def _resume(ckpt_path, model, optimizer, scheduler, scaler, recorder, metrics) -> int:

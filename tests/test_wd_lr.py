@@ -14,7 +14,7 @@ ONE_STEP = TINY + ["train.max_steps_per_epoch=1", "train.epochs=3", "optim.sched
 
 
 def _norms(run_dir):
-    return torch.load(run_dir / WEIGHT_NORMS_NAME, weights_only=False)
+    return torch.load(run_dir / WEIGHT_NORMS_NAME, weights_only=True)
 
 
 def _params(run_dir):
@@ -67,11 +67,14 @@ def test_with_weight_decay_norms_shrink(tmp_path):
     assert sum(float(n.sum()) for n in norms[-1].values()) < sum(float(n.sum()) for n in norms[0].values())
 
 
-def test_lr_correction_with_itself_as_reference_is_plain_sgd(tmp_path):
+@pytest.mark.parametrize("correction", ["after_momentum", "before_momentum"])
+def test_lr_correction_with_itself_as_reference_is_plain_sgd(tmp_path, correction):
+    """One step per epoch and reference_epoch=start: the ratio is exactly 1 at every step."""
     plain = compose_cfg(ONE_STEP + ["optim.wd_policy=wd_off", "optim.weight_decay=5e-4"])
     fit(plain, tmp_path / "plain")
     corrected = compose_cfg(ONE_STEP + ["optim.wd_policy=wd_off", "optim.weight_decay=5e-4",
-                                        "optim.mode=lr_correction", f"optim.reference={tmp_path / 'plain'}"])
+                                        "optim.mode=lr_correction", f"optim.reference={tmp_path / 'plain'}",
+                                        "optim.reference_epoch=start", f"optim.correction={correction}"])
     fit(corrected, tmp_path / "corrected")
     a, b = _params(tmp_path / "plain"), _params(tmp_path / "corrected")
     for k in a:
@@ -103,12 +106,23 @@ def test_norm_schedule_rescales_channels_to_the_target():
 
 
 def test_norm_schedule_run_keeps_reference_norms(tmp_path):
-    fit(compose_cfg(ONE_STEP + ["optim.wd_policy=wd_on", "optim.weight_decay=0.05"]), tmp_path / "ref")
-    fit(compose_cfg(ONE_STEP + ["optim.wd_policy=wd_off", "optim.mode=norm_schedule",
-                                f"optim.reference={tmp_path / 'ref'}"]), tmp_path / "ns")
-    ref, ns = _norms(tmp_path / "ref")["norms"], _norms(tmp_path / "ns")["norms"]
-    for layer in ref[0]:  # after epoch e's steps the norms equal the reference's at the start of epoch e
-        torch.testing.assert_close(ns[3][layer], ref[2][layer], rtol=1e-4, atol=1e-6)
+    """Boundary e+1 of a norm_schedule run = the reference's boundary e+1 (reference_epoch=end; e with start)
+    times the schedule's multiplier m(e) = (base lr / lr(e))^0.5: here lr x0.1 from epoch 2, so m = 1, 1, sqrt(10)."""
+    drop = ONE_STEP + ["optim.schedule.name=multistep", "optim.schedule.milestones=[2]"]
+    fit(compose_cfg(drop + ["optim.wd_policy=wd_on", "optim.weight_decay=0.05"]), tmp_path / "ref")
+    ref = _norms(tmp_path / "ref")["norms"]
+    multiplier = [1.0, 1.0, 10 ** 0.5]
+    for reference_epoch, offset in (("end", 1), ("start", 0)):
+        run = tmp_path / f"ns_{reference_epoch}"
+        fit(compose_cfg(drop + ["optim.wd_policy=wd_off", "optim.mode=norm_schedule",
+                                f"optim.reference_epoch={reference_epoch}", f"optim.reference={tmp_path / 'ref'}"]),
+            run)
+        ns = _norms(run)["norms"]
+        for e in range(3):
+            for layer in ref[0]:
+                torch.testing.assert_close(ns[e + 1][layer], ref[e + offset][layer] * multiplier[e],
+                                           rtol=1e-5, atol=1e-6)
+        assert not torch.allclose(ns[3][layer], ref[3][layer], rtol=1e-3)  # the multiplier is applied
 
 
 def test_missing_reference_is_a_clear_error(tmp_path):
@@ -129,11 +143,41 @@ def test_reference_with_other_architecture_is_a_clear_error(tmp_path):
                                     f"optim.reference={tmp_path / 'ref'}"])
     with pytest.raises(ConfigError, match="recorded 2 epoch boundaries"):
         fit(short, tmp_path / "run")
+    # reference_epoch=end reads boundary E in epoch E: a 1-epoch reference (2 boundaries) serves 1 epoch, not 2
+    fit(compose_cfg(ONE_STEP + ["train.epochs=1", "optim.mode=lr_correction", f"optim.reference={tmp_path / 'ref'}"]),
+        tmp_path / "one")
+    with pytest.raises(ConfigError, match="recorded 2 epoch boundaries, this run needs 3"):
+        fit(compose_cfg(ONE_STEP + ["train.epochs=2", "optim.mode=lr_correction",
+                                    f"optim.reference={tmp_path / 'ref'}"]), tmp_path / "two")
+    fit(compose_cfg(ONE_STEP + ["train.epochs=2", "optim.mode=lr_correction", "optim.reference_epoch=start",
+                                f"optim.reference={tmp_path / 'ref'}"]), tmp_path / "two_start")
 
 
-def test_unknown_mode_names_choices(tmp_path):
-    with pytest.raises(ConfigError, match="'sideways'.*lr_correction"):
-        fit(compose_cfg(ONE_STEP + ["optim.mode=sideways"]), tmp_path)
+@pytest.mark.parametrize("override,match", [
+    ("optim.mode=sideways", r"unknown optim.mode 'sideways'; choose one of: lr_correction, norm_schedule, standard"),
+    ("optim.correction=sideways", r"unknown optim.correction 'sideways'; choose one of: after_momentum, "
+                                  r"before_momentum"),
+    ("optim.reference_epoch=middle", r"unknown optim.reference_epoch 'middle'; choose one of: end, start"),
+])
+def test_unknown_choices_are_named(tmp_path, override, match):
+    with pytest.raises(ConfigError, match=match):
+        fit(compose_cfg(ONE_STEP + [override]), tmp_path)  # checked whatever optim.mode is
+    assert not (tmp_path / "metrics.json").exists()
+
+
+def test_cli_bad_correction_is_one_line(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    proc = subprocess.run([sys.executable, "train.py", *ONE_STEP, "optim.correction=sideways",
+                           f"hydra.run.dir={tmp_path}/run"], cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "HYDRA_FULL_ERROR": "0"})
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == ("error: unknown optim.correction 'sideways'; choose one of: after_momentum, "
+                                   "before_momentum")
 
 
 def test_run_wd_arms_runs_the_four_arms_in_order(tmp_path):
@@ -179,3 +223,140 @@ def test_bad_reference_interpolation_names_choices(tmp_path):
                                   "optim.reference_interpolation=cubic"])
     with pytest.raises(ConfigError, match="'cubic'.*linear"):
         fit(cfg, tmp_path / "run")
+
+
+# --- the authors' update, checked against an independent implementation written from its description ----------
+# docs/paper.md §6 (their SGDWDMimic / norm schedule), restated here without our optimizer:
+#   during 0-based epoch e the reference norm is t = ref[e + 1] (reference_epoch=end: the end of epoch e; our
+#   recorder's entry 0 is the initialization) or t = ref[e] (start); per output channel c, at every step,
+#   ratio_c = ||w_c||^2 / t_c^2 with w the weight before the update;
+#   after_momentum:  buf = g (first step) else mu*buf + g;  w -= lr * ratio * (g + mu*buf if nesterov else buf)
+#   before_momentum: g' = ratio * g, then plain SGD with momentum on g'
+#   norm_schedule:   plain SGD at the base lr, then w_c *= m * t_c / ||w_c||; buf untouched
+# Every other parameter: plain SGD with momentum and its weight decay (d = g + wd*w) at the scheduled lr.
+
+EPOCHS, STEPS, LR, MU, WD_FC = 3, 3, 0.1, 0.9, 5e-4
+LR_FACTOR = [1.0, 1.0, 0.1]  # the schedule per epoch: x0.1 from epoch 2
+
+
+def _problem(seed=0):
+    """Conv weight W (4, 3, 3, 3) -> batch norm -> fixed pooling -> readout R (trained, decayed); float64."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(4, 3, 3, 3, generator=g, dtype=torch.float64) * 0.5
+    r = torch.randn(5, 4, generator=g, dtype=torch.float64) * 0.3
+    batches = [(torch.randn(6, 3, 5, 5, generator=g, dtype=torch.float64), torch.randint(0, 5, (6,), generator=g))
+               for _ in range(EPOCHS * STEPS)]
+    ref = [torch.rand(4, generator=g, dtype=torch.float64) * 1.5 + 0.5 for _ in range(EPOCHS + 1)]
+    return w, r, batches, ref
+
+
+def _loss(w, r, x, y):
+    h = torch.nn.functional.conv2d(x, w)
+    h = torch.nn.functional.batch_norm(h, None, None, training=True, eps=1e-12)
+    return torch.nn.functional.cross_entropy(torch.relu(h).mean((2, 3)) @ r.T, y)
+
+
+def _independent(mode, correction, reference_epoch, nesterov=False, interpolation="none"):
+    """Weights and conv momentum buffer after every step, computed from the description above."""
+    w, r, batches, ref = _problem()
+    buf_w = buf_r = None
+    seen = []
+    for e in range(EPOCHS):
+        lr = LR * LR_FACTOR[e]
+        k = e + 1 if reference_epoch == "end" else e
+        for i in range(STEPS):
+            x, y = batches[e * STEPS + i]
+            w_, r_ = w.clone().requires_grad_(True), r.clone().requires_grad_(True)
+            g_w, g_r = torch.autograd.grad(_loss(w_, r_, x, y), (w_, r_))
+            t = ref[k] if interpolation == "none" or k + 1 >= len(ref) else ref[k] + (ref[k + 1] - ref[k]) * i / STEPS
+            ratio = (w.flatten(1).norm(dim=1) ** 2 / t ** 2).view(-1, 1, 1, 1)
+            if mode == "lr_correction" and correction == "before_momentum":
+                g_w = ratio * g_w
+            buf_w = g_w.clone() if buf_w is None else MU * buf_w + g_w
+            step_w = g_w + MU * buf_w if nesterov else buf_w
+            if mode == "lr_correction" and correction == "after_momentum":
+                w = w - lr * ratio * step_w
+            elif mode == "lr_correction":
+                w = w - lr * step_w
+            else:  # norm_schedule: the base lr, then every channel back to m * t
+                w = w - LR * step_w
+                w = w * (LR_FACTOR[e] ** -0.5 * t / w.flatten(1).norm(dim=1)).view(-1, 1, 1, 1)
+            d_r = g_r + WD_FC * r
+            buf_r = d_r.clone() if buf_r is None else MU * buf_r + d_r
+            r = r - lr * (d_r + MU * buf_r if nesterov else buf_r)
+            seen.append((w.clone(), r.clone(), buf_w.clone()))
+    return seen
+
+
+def _ours(mode, correction, reference_epoch, nesterov=False, interpolation="none"):
+    w0, r0, batches, ref = _problem()
+    w, r = torch.nn.Parameter(w0.clone()), torch.nn.Parameter(r0.clone())
+    opt = ScaleInvariantSGD([{"params": [w], "names": ["conv.weight"], "scale_invariant": True, "weight_decay": 0.0,
+                              "fixed_lr": mode == "norm_schedule"},
+                             {"params": [r], "names": ["fc.weight"], "weight_decay": WD_FC}],
+                            mode=mode, correction=correction, reference_epoch=reference_epoch,
+                            reference_interpolation=interpolation, lr=LR, momentum=MU, nesterov=nesterov)
+    reference = [{"conv": t} for t in ref]
+    seen = []
+    for e in range(EPOCHS):
+        for group in opt.param_groups:
+            group["lr"] = LR if group.get("fixed_lr") else LR * LR_FACTOR[e]
+        opt.begin_epoch(e, reference, LR_FACTOR[e] ** -0.5, STEPS)
+        for i in range(STEPS):
+            x, y = batches[e * STEPS + i]
+            opt.zero_grad()
+            _loss(w, r, x, y).backward()
+            grad = w.grad.clone()
+            opt.step()
+            if correction == "after_momentum":  # the gradient stays as backward wrote it (before_momentum scales it)
+                assert torch.equal(w.grad, grad)
+            seen.append((w.detach().clone(), r.detach().clone(), opt.state[w]["momentum_buffer"].clone()))
+    return seen
+
+
+def _assert_same(ours, theirs):
+    assert len(ours) == len(theirs) == EPOCHS * STEPS
+    for step, ((w, r, buf), (w_ref, r_ref, buf_ref)) in enumerate(zip(ours, theirs)):
+        for name, a, b in (("w", w, w_ref), ("r", r, r_ref), ("momentum buffer", buf, buf_ref)):
+            err = float((a - b).abs().max())
+            assert err < 1e-10, f"step {step}: {name} differs by {err:.3g}"
+
+
+@pytest.mark.parametrize("correction", ["after_momentum", "before_momentum"])
+@pytest.mark.parametrize("reference_epoch", ["end", "start"])
+def test_lr_correction_matches_the_authors_update(correction, reference_epoch):
+    _assert_same(_ours("lr_correction", correction, reference_epoch),
+                 _independent("lr_correction", correction, reference_epoch))
+
+
+def test_lr_correction_with_nesterov_scales_the_whole_step():
+    """Their SGDWDMimic with Nesterov: w -= lr * ratio * (g + mu * buf), the buffer holding the plain gradient."""
+    _assert_same(_ours("lr_correction", "after_momentum", "end", nesterov=True),
+                 _independent("lr_correction", "after_momentum", "end", nesterov=True))
+
+
+@pytest.mark.parametrize("reference_epoch,interpolation", [("end", "none"), ("start", "none"), ("end", "linear"),
+                                                           ("start", "linear")])
+def test_norm_schedule_matches_the_authors_update(reference_epoch, interpolation):
+    _assert_same(_ours("norm_schedule", "after_momentum", reference_epoch, interpolation=interpolation),
+                 _independent("norm_schedule", "after_momentum", reference_epoch, interpolation=interpolation))
+
+
+def test_the_variants_take_different_steps():
+    """Control for the tests above: each switch changes the trajectory (the comparisons could fail)."""
+    final = {args: _ours("lr_correction", *args)[-1][0] for args in
+             [("after_momentum", "end"), ("before_momentum", "end"), ("after_momentum", "start")]}
+    base = final[("after_momentum", "end")]
+    for args, w in final.items():
+        if args != ("after_momentum", "end"):
+            assert float((w - base).abs().max()) > 1e-6, args
+
+
+def test_reference_entries_needed():
+    from normrepro.optim.wd_lr import reference_entries_needed, reference_index
+
+    assert [reference_index(e, "end") for e in range(3)] == [1, 2, 3]
+    assert [reference_index(e, "start") for e in range(3)] == [0, 1, 2]
+    assert reference_entries_needed(3, "end") == 4 and reference_entries_needed(3, "start") == 3
+    with pytest.raises(ConfigError, match="unknown optim.reference_epoch 'middle'"):
+        reference_index(0, "middle")

@@ -8,11 +8,14 @@ from torch.nn.utils import parametrize
 from normrepro.errors import ConfigError
 from normrepro.models import build_model
 from normrepro.models.weight_norm import (
+    INITS,
     KINDS,
+    WEIGHT_NORM_KEYS,
     BoundedGainWeightNorm,
     BoundedWeightNorm,
     apply_weight_norm,
     conv_layers,
+    weight_norm_options,
     weight_norm_summary,
 )
 from normrepro.norms import norm_factory
@@ -40,10 +43,11 @@ def train_steps(model, steps=5, lr=1.0, wd=1e-2, policy="all", seed=1):
     return model
 
 
-def test_bwn_every_channel_norm_is_rho_and_rho_is_the_mean_initial_norm():
+@pytest.mark.parametrize("renorm", [True, False])
+def test_bwn_every_channel_norm_is_rho_and_rho_is_the_mean_initial_norm(renorm):
     model = tiny()
     before = {n: c.weight.detach().clone() for n, c in conv_layers(model)}
-    apply_weight_norm(model, "bwn")
+    apply_weight_norm(model, "bwn", init="he", renorm=renorm)
     for name, conv in conv_layers(model):
         p = conv.parametrizations.weight[0]
         assert isinstance(p, BoundedWeightNorm)
@@ -54,6 +58,8 @@ def test_bwn_every_channel_norm_is_rho_and_rho_is_the_mean_initial_norm():
         # each channel keeps its direction: w_c is parallel to the initial w_c
         cos = nn.functional.cosine_similarity(w.flatten(1), before[name].flatten(1), dim=1)
         torch.testing.assert_close(cos, torch.ones_like(cos))
+        v = conv.parametrizations.weight.original.detach()  # stored unit (renorm) or as initialized
+        torch.testing.assert_close(channel_norms(v), torch.ones(v.shape[0]) if renorm else channel_norms(before[name]))
     assert not parametrize.is_parametrized(model.fc)
     # rho is a buffer (not learned) and lives in the state_dict
     assert not any(n.endswith("rho") for n, _ in model.named_parameters())
@@ -83,7 +89,7 @@ def test_wn_forward_equals_the_plain_model_right_after_apply():
     torch.manual_seed(3)
     x = torch.randn(4, 1, 8, 8)
     for kind in ("wn", "bwn_gain"):
-        plain, wn = tiny(), apply_weight_norm(tiny(), kind)
+        plain, wn = tiny(), apply_weight_norm(tiny(), kind, init="he")
         plain.eval(), wn.eval()
         torch.testing.assert_close(wn(x), plain(x), rtol=1e-5, atol=1e-6)
         for (_, a), (_, b) in zip(conv_layers(plain), conv_layers(wn)):
@@ -115,10 +121,11 @@ def test_bwn_gain_keeps_the_gain_norm_fixed_after_sgd():
     assert changed > 0  # the relative gains are learned
 
 
-@pytest.mark.parametrize("kind", ["bwn", "wn", "bwn_gain"])
-def test_state_dict_round_trip_is_exact(kind):
-    model = train_steps(apply_weight_norm(tiny(seed=0), kind), steps=3, lr=0.5)
-    fresh = apply_weight_norm(tiny(seed=7), kind)
+@pytest.mark.parametrize("kind,options", [("bwn", {}), ("bwn", {"renorm": False, "init": "he"}), ("wn", {}),
+                                          ("bwn_gain", {})])
+def test_state_dict_round_trip_is_exact(kind, options):
+    model = train_steps(apply_weight_norm(tiny(seed=0), kind, **options), steps=3, lr=0.5)
+    fresh = apply_weight_norm(tiny(seed=7), kind, **options)
     fresh.load_state_dict(model.state_dict())
     x = torch.randn(4, 1, 8, 8)
     model.eval(), fresh.eval()
@@ -139,10 +146,15 @@ def test_none_and_errors():
     assert not any(parametrize.is_parametrized(c) for _, c in conv_layers(model))
     with pytest.raises(ConfigError, match=r"unknown norm.weight_norm 'bogus'; choose one of: bwn, bwn_gain, none, wn"):
         apply_weight_norm(model, "bogus")
+    with pytest.raises(ConfigError, match=r"unknown norm.bwn_init 'xavier'; choose one of: he, torch_default"):
+        apply_weight_norm(model, "bwn", init="xavier")
+    with pytest.raises(ConfigError, match=r"norm.bwn_renorm must be true or false, got 'yes'"):
+        apply_weight_norm(model, "bwn", renorm="yes")
+    assert not any(parametrize.is_parametrized(c) for _, c in conv_layers(model))  # nothing half-applied
     apply_weight_norm(model, "bwn")
     with pytest.raises(ConfigError, match="already"):
         apply_weight_norm(model, "wn")
-    assert set(KINDS) == {"none", "bwn", "wn", "bwn_gain"}
+    assert set(KINDS) == {"none", "bwn", "wn", "bwn_gain"} and set(INITS) == {"torch_default", "he"}
 
 
 def test_wd_policy_classifier_decays_only_fc_with_bwn():
@@ -151,13 +163,17 @@ def test_wd_policy_classifier_decays_only_fc_with_bwn():
     assert {id(p) for p in groups["decay"]["params"]} == {id(p) for p in model.fc.parameters()}
 
 
-@pytest.mark.parametrize("norm,kind", [("bwn", "bwn"), ("wn", "wn"), ("bwn_gain", "bwn_gain")])
-def test_norm_configs_compose(norm, kind):
+@pytest.mark.parametrize("norm,kind,options", [("bwn", "bwn", {"init": "torch_default", "renorm": True}),
+                                                ("wn", "wn", {"init": "he"}),
+                                                ("bwn_gain", "bwn_gain", {"init": "torch_default"})])
+def test_norm_configs_compose(norm, kind, options):
     cfg = compose_cfg([f"norm={norm}"])
     assert cfg.norm.name == "mean" and cfg.norm.weight_norm == kind
-    layer_opts = {k: v for k, v in cfg.norm.items() if k not in ("name", "sync", "weight_norm")}
+    assert weight_norm_options(cfg.norm) == options  # the authors' choices for bwn / bwn_gain
+    layer_opts = {k: v for k, v in cfg.norm.items() if k not in ("name", "sync", *WEIGHT_NORM_KEYS)}
     norm_factory(cfg.norm.name, **layer_opts)(4)  # the options are valid for the mean-only layer
     assert compose_cfg(["norm=l2"]).norm.get("weight_norm", "none") == "none"
+    assert weight_norm_options(compose_cfg([f"norm={norm}", "norm.bwn_init=he"]).norm)["init"] == "he"
 
 
 def test_experiment_configs_compose():
@@ -188,3 +204,145 @@ def test_trainer_resume_restores_parametrized_weights_exactly(tmp_path, kind):
     a = torch.load(tmp_path / "full" / "last.ckpt", weights_only=False)["model"]
     b = torch.load(tmp_path / "resumed" / "last.ckpt", weights_only=False)["model"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# --- the authors' fixed-rho BWN, checked against an independent computation -------------------------------------
+# Their convNet.pytorch bwn.py, restated: before every forward v_c <- v_c / ||v_c||; w_c = rho * v_c / ||v_c||. The
+# gradient is taken at ||v_c|| = 1, so dL/dv_c = rho * (I - v_c v_c^T) dL/dw_c, and SGD (momentum mu) moves v_c by
+# lr * rho * (projected dL/dw_c) accumulated in the buffer; the next forward renormalizes. Without renorm,
+# dL/dv_c = rho / ||v_c|| * (I - u_c u_c^T) dL/dw_c with u_c = v_c / ||v_c|| and v keeps its norm.
+
+LR_BWN, MU_BWN, STEPS_BWN = 0.5, 0.9, 6
+
+
+def _bwn_problem():
+    g = torch.Generator().manual_seed(5)
+    readout = torch.randn(5, 4, generator=g, dtype=torch.float64)
+    batches = [(torch.randn(6, 3, 6, 6, generator=g, dtype=torch.float64), torch.randint(0, 5, (6,), generator=g))
+               for _ in range(STEPS_BWN)]
+    return readout, batches
+
+
+def _bwn_loss(w, readout, x, y):
+    return nn.functional.cross_entropy(torch.relu(nn.functional.conv2d(x, w)).mean((2, 3)) @ readout.T, y)
+
+
+def _per_channel_dot(a, b):
+    return (a * b).flatten(1).sum(1).view(-1, 1, 1, 1)
+
+
+def _independent_bwn(v, rho, renorm):
+    """Effective weights after every step, from the description above (plain tensors, no parametrization)."""
+    readout, batches = _bwn_problem()
+    buf, seen = None, []
+    for x, y in batches:
+        if renorm:
+            v = v / channel_norms(v).view(-1, 1, 1, 1)
+        norm = channel_norms(v).view(-1, 1, 1, 1)
+        u = v / norm
+        w = (rho * u).requires_grad_(True)
+        (g_w,) = torch.autograd.grad(_bwn_loss(w, readout, x, y), (w,))
+        g_v = rho / norm * (g_w - u * _per_channel_dot(u, g_w))
+        buf = g_v.clone() if buf is None else MU_BWN * buf + g_v
+        v = v - LR_BWN * buf
+        seen.append(rho * v / channel_norms(v).view(-1, 1, 1, 1))
+    return seen
+
+
+def _ours_bwn(renorm):
+    torch.manual_seed(0)
+    model = apply_weight_norm(nn.Sequential(nn.Conv2d(3, 4, 3, bias=False)).double(), "bwn", renorm=renorm)
+    conv = model[0]
+    v0, rho = conv.parametrizations.weight.original.detach().clone(), conv.parametrizations.weight[0].rho.clone()
+    opt = torch.optim.SGD(model.parameters(), lr=LR_BWN, momentum=MU_BWN)
+    readout, batches = _bwn_problem()
+    model.train()
+    seen = []
+    for x, y in batches:
+        opt.zero_grad()
+        nn.functional.cross_entropy(torch.relu(model(x)).mean((2, 3)) @ readout.T, y).backward()
+        opt.step()
+        seen.append(conv.weight.detach().clone())
+    return seen, v0, float(rho)
+
+
+@pytest.mark.parametrize("renorm", [True, False])
+def test_bwn_steps_match_an_independent_computation(renorm):
+    seen, v0, rho = _ours_bwn(renorm)
+    expected = _independent_bwn(v0, rho, renorm)
+    for step, (w, w_ref) in enumerate(zip(seen, expected)):
+        err = float((w - w_ref).abs().max())
+        assert err < 1e-10, f"step {step}: effective weight differs by {err:.3g}"
+        torch.testing.assert_close(channel_norms(w), torch.full((4,), rho, dtype=torch.float64))
+
+
+def test_bwn_renorm_changes_the_steps():
+    """Control: with the default torch init ||v_c|| ~ 0.58, so the un-normalized variant steps ~1.7x larger on the
+    direction at first; the trajectories part, and renorm keeps v at unit channels."""
+    with_renorm, v0, _ = _ours_bwn(True)
+    without, _, _ = _ours_bwn(False)
+    torch.testing.assert_close(channel_norms(v0), torch.ones(4, dtype=torch.float64))
+    assert float((with_renorm[-1] - without[-1]).abs().max()) > 1e-3
+
+
+def test_bwn_renorm_keeps_v_unit_and_leaves_eval_forwards_alone():
+    model = train_steps(apply_weight_norm(tiny(), "bwn"), steps=3, lr=1.0)
+    conv = conv_layers(model)[1][1]
+    v = conv.parametrizations.weight.original
+    assert float((channel_norms(v.detach()) - 1).abs().max()) > 1e-4  # the last step moved v off the sphere
+    w = conv.weight.detach().clone()
+    model.eval()
+    with torch.no_grad():
+        model(torch.randn(2, 1, 8, 8))
+    assert float((channel_norms(v.detach()) - 1).abs().max()) > 1e-4  # eval: untouched
+    model.train()
+    model(torch.randn(2, 1, 8, 8))
+    torch.testing.assert_close(channel_norms(v.detach()), torch.ones(v.shape[0]))  # training forward: renormalized
+    torch.testing.assert_close(conv.weight.detach(), w)  # ... which leaves the effective weight as it was
+
+
+def test_torch_default_init_is_pytorchs_default_conv_init():
+    """bwn_init=torch_default redraws each conv weight exactly as a fresh nn.Conv2d would (same RNG state); the bias
+    keeps the model's init; the budget rho is the mean channel norm of that draw (||w_c||^2 ~ 1/3), not He's."""
+    conv = nn.Conv2d(8, 16, 3)
+    nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+    nn.init.zeros_(conv.bias)
+    torch.manual_seed(11)
+    expected = nn.Conv2d(8, 16, 3).weight.detach().clone()
+    torch.manual_seed(11)
+    model = apply_weight_norm(nn.Sequential(conv), "bwn_gain")
+    g, v = conv.parametrizations.weight.original0, conv.parametrizations.weight.original1
+    torch.testing.assert_close(v.detach(), expected, rtol=0, atol=0)
+    torch.testing.assert_close(conv.weight.detach(), expected)  # bwn_gain: the forward is the default init's
+    assert torch.equal(conv.bias.detach(), torch.zeros(16))
+    assert float(conv.parametrizations.weight[0].g0_norm) == pytest.approx(float(g.detach().flatten().norm()))
+    assert float(channel_norms(expected).pow(2).mean()) == pytest.approx(1 / 3, rel=0.15)
+    he = apply_weight_norm(tiny(), "bwn", init="he")
+    default = apply_weight_norm(tiny(), "bwn")
+    rho_he = [float(c.parametrizations.weight[0].rho) for _, c in conv_layers(he)]
+    rho_default = [float(c.parametrizations.weight[0].rho) for _, c in conv_layers(default)]
+    assert all(d < 0.7 * h for d, h in zip(rho_default[1:], rho_he[1:]))  # 3x3, C_in = C_out: ~0.58 vs ~1.41
+    assert len(model.state_dict()) == 4  # g, v, g0_norm, bias
+
+
+def test_their_he_init_after_the_reparametrization_changes_nothing():
+    """The authors' order: wrap the conv, then write He init into ``m.weight.data``. That tensor is derived and
+    recomputed by the next forward, so the He draw is lost: torch_default is what their code trains from."""
+    torch.manual_seed(0)
+    model = apply_weight_norm(nn.Sequential(nn.Conv2d(4, 4, 3, bias=False)), "bwn_gain")
+    conv = model[0]
+    before = conv.weight.detach().clone()
+    conv.weight.data.normal_(0, (2.0 / (9 * 4)) ** 0.5)  # their init_model
+    torch.testing.assert_close(conv.weight.detach(), before, rtol=0, atol=0)
+
+
+def test_bad_weight_norm_options_are_config_errors(tmp_path):
+    from conftest import TINY
+
+    from normrepro.trainer import fit
+
+    with pytest.raises(ConfigError, match=r"unknown norm.bwn_init 'xavier'; choose one of: he, torch_default"):
+        fit(compose_cfg(TINY + ["norm=bwn", "norm.bwn_init=xavier"]), tmp_path / "a")
+    with pytest.raises(ConfigError, match=r"norm.bwn_renorm must be true or false, got 'maybe'"):
+        fit(compose_cfg(TINY + ["norm=bwn", "norm.bwn_renorm=maybe"]), tmp_path / "b")
+    assert not (tmp_path / "a" / "metrics.json").exists()

@@ -13,7 +13,8 @@ OPTIMIZERS = ("sgd",)
 
 def build_optimizer(model: nn.Module, cfg, scale_invariant: set[str] | None = None) -> torch.optim.Optimizer:
     """SGD over the weight-decay policy's groups. With ``optim.mode`` lr_correction / norm_schedule the weights
-    named in ``scale_invariant`` form an undecayed group that follows the reference norms (``wd_lr.py``)."""
+    named in ``scale_invariant`` form an undecayed group that follows the reference norms (``wd_lr.py``; with
+    ``optim.correction``, ``optim.reference_epoch`` and ``optim.reference_interpolation``)."""
     name = cfg.get("name", "sgd")
     if name not in OPTIMIZERS:
         raise choice_error("optimizer", name, OPTIMIZERS)
@@ -25,6 +26,9 @@ def build_optimizer(model: nn.Module, cfg, scale_invariant: set[str] | None = No
     return ScaleInvariantSGD(
         groups,
         mode=mode,
+        correction=cfg.get("correction", "after_momentum"),
+        reference_epoch=cfg.get("reference_epoch", "end"),
+        reference_interpolation=cfg.get("reference_interpolation", "none") or "none",
         lr=float(cfg.lr),
         momentum=float(cfg.get("momentum", 0.9)),
         nesterov=bool(cfg.get("nesterov", False)),
