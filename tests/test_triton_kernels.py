@@ -4,6 +4,7 @@ TRITON_INTERPRET is set per test (monkeypatch): normrepro.norms.triton reads it 
 runtime.py), whether or not triton was imported earlier in the process.
 """
 import math
+import re
 
 import pytest
 import torch
@@ -403,3 +404,46 @@ def test_traffic_model():
     assert tk.primitive_bytes("input_grad", 10, 4, dy_bytes=2, out_bytes=2, with_x=False) == 40
     with pytest.raises(ValueError):
         tk.layer_bytes("bn", 1, 4)
+
+
+# ------------------------------------------------------------------------- the compiled (CUDA) kernels
+def compile_for_cuda(fn, args, kwargs, arch=90):
+    """Compile a jitted kernel for an NVIDIA GPU of ``arch`` (no GPU needed), specialised like a real launch
+    (int arguments equal to 1 as constants, 16-divisible ints and pointers as aligned)."""
+    triton = pytest.importorskip("triton")
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource, make_backend
+    from triton.runtime.jit import create_function_from_signature
+
+    target = GPUTarget("cuda", arch, 32)
+    backend = make_backend(target)
+    binder = create_function_from_signature(fn.signature, fn.params, backend)
+    bound, spec, options = binder(*args, **kwargs)
+    options, signature, constexprs, attrs = fn._pack_args(backend, kwargs, bound, spec, options)
+    return triton.compile(ASTSource(fn, signature, constexprs, attrs), target=target, options=options.__dict__)
+
+
+@pytest.mark.parametrize("layout", ["nchw", "cl"])
+def test_kernels_compile_for_cuda_with_vector_loads(monkeypatch, layout):
+    """Every kernel, as the primitives launch it at a ResNet-like shape, compiles for sm_90 (Triton's own compiler
+    and ptxas, no GPU), and the loads of the streaming kernels are vectorised (ld.global.v4)."""
+    from normrepro.norms.triton import runtime
+
+    calls = []
+    monkeypatch.setattr(runtime, "launch", lambda name, programs, *a, **kw: calls.append((name, a, kw)))
+    x = torch.randn(4, 16, 32, 32)
+    x3 = view3(x.contiguous(memory_format=torch.channels_last) if layout == "cl" else x)
+    mu = torch.zeros(16)
+    tk.dev_stats(x3.half(), mu, F16, want_abs=True, want_sign=True, want_sq=True, want_max=True)
+    tk.grad_sums(x3, x3, mu, F32)
+    tk.topk_dev(x3, mu, 10, F32)
+    tk.normalize(x3.bfloat16(), mu, mu, mu, torch.empty_like(x3.bfloat16()), BF16)
+    tk.input_grad(x3, x3, mu, mu, mu, mu, mu, torch.empty_like(x3), F32)
+    monkeypatch.delenv("TRITON_INTERPRET")
+    jitted = runtime.kernels()
+    assert not jitted.INTERPRET
+    for name, args, kw in calls:
+        ptx = compile_for_cuda(getattr(jitted, name), args, kw).asm["ptx"]
+        assert f".entry {name}" in ptx
+        if name != "topk_kernel":
+            assert "ld.global.v4" in ptx or "ld.global.nc.v4" in ptx, (name, set(re.findall(r"ld\.global[.\w]*", ptx)))
