@@ -4,7 +4,11 @@ TRITON_INTERPRET is set per test (monkeypatch): normrepro.norms.triton reads it 
 runtime.py), whether or not triton was imported earlier in the process.
 """
 import math
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -234,6 +238,34 @@ def test_output_into_a_strided_view():
     tk.normalize(x3, mu, scale, None, out3, F32)
     assert torch.equal(out3, (x3 - vec(mu, 3)) * vec(scale, 3))
     assert torch.all(big[:, 1::2] == 0) and torch.all(big[:, :, 1::2] == 0)
+
+
+def test_expanded_gradient_of_stride_zero():
+    """dy of ``y.sum()`` is an expanded tensor (strides 0): read as it is."""
+    x3 = make_x("nchw")
+    mu = mean_of(x3, F32)
+    dy3 = torch.ones(1, 1, 1).expand(x3.shape)
+    g1, g2 = tk.grad_sums(x3, dy3, mu, F32)
+    assert torch.equal(g1, torch.full((3,), 120.0))
+    assert_sums(g2, (x3 - vec(mu, 3)).sum((0, 2)), x3 - vec(mu, 3))
+
+
+def test_interpreter_chosen_at_launch_after_triton_was_imported_without_it():
+    """triton (and triton.language's own jitted functions) imported with TRITON_INTERPRET unset, as
+    torch.compile does; setting it afterwards still runs the kernels interpreted."""
+    code = ("import os, sys, torch, triton.language as tl\n"
+            "assert type(tl.standard._sum_combine).__name__ == 'JITFunction'\n"
+            "os.environ['TRITON_INTERPRET'] = '1'\n"
+            "from normrepro.norms import triton as tk\n"
+            "x = torch.arange(24.0).view(2, 3, 4)\n"
+            "assert torch.equal(tk.channel_sums(x, torch.float32), x.sum((0, 2)))\n"
+            "d, i = tk.topk_dev(x, x.mean((0, 2)), 2, torch.float32)\n"
+            "assert torch.equal(d.abs(), (x - x.mean((0, 2)).view(1, 3, 1)).transpose(0, 1).reshape(3, 8).abs()"
+            ".topk(2).values)\n")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    r = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1], env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
 
 
 def test_deterministic_run_to_run():

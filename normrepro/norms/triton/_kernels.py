@@ -152,12 +152,12 @@ def stats_kernel(x_ptr, y_ptr, mu_ptr, part_ptr, A, C, B, sxa, sxc, sxb, sya, sy
 
 
 @jit
-def topk_kernel(x_ptr, mu_ptr, key_ptr, dev_ptr, idx_ptr, A, C, B, sxa, sxc, sxb, n_c, n_b,
+def topk_kernel(x_ptr, mu_ptr, key_ptr, dev_ptr, idx_ptr, A, C, B, sxa, sxc, sxb, n_a, n_c, n_b,
                 K: tl.constexpr, KP: tl.constexpr, BA: tl.constexpr, BC: tl.constexpr, BB: tl.constexpr,
                 CD: tl.constexpr, W: tl.constexpr, ACC: tl.constexpr, RND: tl.constexpr):
     """Per program (one tile) and channel, the K largest |d| of the tile, by K rounds of (max, then the first
-    position holding it): key[p, c, j] = |d| (-1: no value left), dev[p, c, j] = d, idx[p, c, j] = a*B + b
-    (KP: K rounded up to a power of two)."""
+    position holding it): key[c, p, j] = |d| (-1: no value left), dev[c, p, j] = d, idx[c, p, j] = a*B + b
+    with p = pa * n_b + pb (KP: K rounded up to a power of two)."""
     pa, pc, pb, ra, c, b = tile_coords(n_c, n_b, BA, BC, BB)
     a = pa * BA + ra
     m = (a < A) & (c < C) & (b < B)
@@ -184,7 +184,7 @@ def topk_kernel(x_ptr, mu_ptr, key_ptr, dev_ptr, idx_ptr, A, C, B, sxa, sxc, sxb
     pos = codes // 4
     i = (pa * BA + pos // BB).to(tl.int64) * B + pb * BB + pos % BB
     cv = pc * BC + tl.arange(0, BC)[:, None]
-    out = ((pa * n_b + pb) * C + cv) * K + jj
+    out = (cv * (n_a * n_b) + pa * n_b + pb) * K + jj  # [c, p, j]: per channel, its candidates side by side
     om = (cv < C) & (jj < K)
     tl.store(key_ptr + out, tl.where(valid, mag, -1.0), mask=om)
     tl.store(dev_ptr + out, tl.where((codes & 1) != 0, -mag, mag).to(dev_ptr.dtype.element_ty), mask=om)

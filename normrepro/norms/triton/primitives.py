@@ -44,18 +44,25 @@ def _consts(p: tiles.Plan, cd: torch.dtype, out: torch.dtype | None = None) -> d
 
 
 def _reduce(x3: Tensor, dy3: Tensor | None, mu: Tensor | None, cd: torch.dtype, slots: list[str]) -> dict:
-    """Launch ``stats_kernel`` for the sums named in ``slots`` and reduce the partials: {name: (C,) tensor}."""
+    """Launch ``stats_kernel`` for the statistics named in ``slots`` and reduce the partials of all sums in one
+    torch.sum (and the max in one amax): {name: (C,) tensor}."""
     runtime.check_launch(x3)
     a, c, b = x3.shape
     p = tiles.plan(x3, "reduce")
-    part = torch.empty(len(slots), p.partials, c, dtype=runtime.acc_dtype(cd), device=x3.device)
-    s = {f"S_{k.upper()}": slots.index(k) if k in slots else -1 for k in _SLOTS}
+    sums = [k for k in slots if k != "max"]
+    order = sums + ["max"] * ("max" in slots)  # the max last: part[:len(sums)] are the sums
+    part = torch.empty(len(order), p.partials, c, dtype=runtime.acc_dtype(cd), device=x3.device)
+    s = {f"S_{k.upper()}": order.index(k) if k in order else -1 for k in _SLOTS}
     need_d = any(k in slots for k in ("abs", "sign", "sq", "max", "dyd"))
     y3 = dy3 if dy3 is not None else x3  # unused pointers: any tensor
     runtime.launch("stats_kernel", p.programs, x3, y3, mu if mu is not None else x3, part, a, c, b, *x3.stride(),
                    *y3.stride(), p.n_c, p.n_b, p.partials, p.iters, **s, NEED_D=need_d, NEED_DY=dy3 is not None,
                    **_consts(p, cd))
-    return {k: part[i].amax(0).to(cd) if k == "max" else part[i].sum(0) for i, k in enumerate(slots)}
+    one = p.partials == 1
+    out = dict(zip(sums, part[:len(sums), 0] if one else part[:len(sums)].sum(1)))
+    if "max" in slots:
+        out["max"] = (part[-1, 0] if one else part[-1].amax(0)).to(cd)
+    return out
 
 
 def channel_sums(x3: Tensor, cd: torch.dtype) -> Tensor:
@@ -94,14 +101,13 @@ def topk_dev(x3: Tensor, mu: Tensor, k: int, cd: torch.dtype) -> tuple[Tensor, T
     if not 1 <= k <= n:
         raise ValueError(f"triton topk_dev: k must be in [1, n={n}], got {k}")
     p = tiles.plan(x3, "topk")
-    key = torch.empty(p.partials, c, k, dtype=runtime.acc_dtype(cd), device=x3.device)
-    dev = torch.empty(p.partials, c, k, dtype=cd, device=x3.device)
-    idx = torch.empty(p.partials, c, k, dtype=torch.int64, device=x3.device)
+    key = torch.empty(c, p.partials * k, dtype=runtime.acc_dtype(cd), device=x3.device)
+    dev = torch.empty(c, p.partials * k, dtype=cd, device=x3.device)
+    idx = torch.empty(c, p.partials * k, dtype=torch.int64, device=x3.device)
     runtime.launch("topk_kernel", p.programs, x3, _vec(mu, c, cd, x3.device), key, dev, idx, a, c, b, *x3.stride(),
-                   p.n_c, p.n_b, K=k, KP=tiles.pow2(k), **_consts(p, cd))
+                   p.n_a, p.n_c, p.n_b, K=k, KP=tiles.pow2(k), **_consts(p, cd))
     if p.partials == 1:
-        return dev[0], idx[0]
-    key, dev, idx = (t.transpose(0, 1).reshape(c, p.partials * k) for t in (key, dev, idx))
+        return dev, idx
     sel = key.topk(k, dim=1).indices  # NaN keys first, as torch.topk ranks them
     return dev.gather(1, sel), idx.gather(1, sel)
 
