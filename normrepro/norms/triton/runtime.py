@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
+import threading
 from pathlib import Path
 from types import ModuleType
 
@@ -94,6 +95,7 @@ def check_launch(t: torch.Tensor) -> None:
 
 
 _MODULES: dict[bool, ModuleType] = {}
+_LOAD_LOCK = threading.Lock()
 
 
 def jit_decorator(interpret: bool):
@@ -119,13 +121,14 @@ def kernels() -> ModuleType:
     """The kernels of ``_kernels.py`` jitted in the mode TRITON_INTERPRET asks for now: one copy of the module per
     mode (``..._kernels_interp`` / ``..._kernels_jit``), loaded on first use."""
     mode = interpreting()
-    if mode not in _MODULES:
-        name = f"{__package__}._kernels_{'interp' if mode else 'jit'}"
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("_kernels.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-        _MODULES[mode] = module
+    with _LOAD_LOCK:
+        if mode not in _MODULES:
+            name = f"{__package__}._kernels_{'interp' if mode else 'jit'}"
+            spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("_kernels.py"))
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[name] = module
+            spec.loader.exec_module(module)
+            _MODULES[mode] = module
     return _MODULES[mode]
 
 

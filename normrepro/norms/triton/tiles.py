@@ -44,6 +44,7 @@ class Plan:
 
     @property
     def programs(self) -> int:
+        """Programs of the 1-D grid."""
         return self.n_a * self.n_c * self.n_b
 
     @property
