@@ -49,7 +49,7 @@ def _near(got, want, terms, cd):
 @needs_cuda
 @pytest.mark.parametrize("shape,layout,dtype", SHAPES)
 def test_primitives_match_torch_on_cuda(shape, layout, dtype):
-    from normrepro.norms import triton as tk
+    from normrepro.norms import triton_kernels as tk
     from normrepro.norms.functional import view3
 
     x3, dy3 = view3(_x(shape, layout, dtype, 0)), view3(_x(shape, layout, dtype, 1))
@@ -87,7 +87,7 @@ def test_primitives_match_torch_on_cuda(shape, layout, dtype):
 @pytest.mark.cuda
 @needs_cuda
 def test_fp16_l2_squares_overflow_on_cuda():
-    from normrepro.norms import triton as tk
+    from normrepro.norms import triton_kernels as tk
 
     x3 = torch.tensor([-300.0, 300.0, 1.0, -1.0], device="cuda").view(4, 1, 1).to(F16)
     sq = tk.dev_stats(x3, torch.zeros(1, device="cuda", dtype=F16), F16, want_abs=False, want_sign=False,

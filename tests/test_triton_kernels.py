@@ -1,6 +1,6 @@
 """The Triton norm primitives on the CPU through Triton's interpreter, against the torch formulas.
 
-TRITON_INTERPRET is set per test (monkeypatch): normrepro.norms.triton reads it at each launch (see its
+TRITON_INTERPRET is set per test (monkeypatch): normrepro.norms.triton_kernels reads it at each launch (see its
 runtime.py), whether or not triton was imported earlier in the process.
 """
 import math
@@ -10,10 +10,10 @@ import torch
 
 pytest.importorskip("triton")
 
-from normrepro.norms import triton as tk  # noqa: E402
+from normrepro.norms import triton_kernels as tk  # noqa: E402
 from normrepro.norms.constants import C_L1, c_linf  # noqa: E402
 from normrepro.norms.functional import view3  # noqa: E402
-from normrepro.norms.triton import tiles  # noqa: E402
+from normrepro.norms.triton_kernels import tiles  # noqa: E402
 
 F32, F16, BF16, F64 = torch.float32, torch.float16, torch.bfloat16, torch.float64
 
@@ -242,6 +242,25 @@ def test_expanded_gradient_of_stride_zero():
     g1, g2 = tk.grad_sums(x3, dy3, mu, F32)
     assert torch.equal(g1, torch.full((3,), 120.0))
     assert_sums(g2, (x3 - vec(mu, 3)).sum((0, 2)), x3 - vec(mu, 3))
+
+
+@pytest.mark.parametrize("layout,dtype", [("nchw", F32), ("cl", F16), ("odd", BF16)])
+def test_scatter_add_matches_index_put(layout, dtype):
+    """The Top-k backward's weights at the selected values; zero weights at duplicate index 0 (the entries another
+    process selected, in a synchronized norm) leave the values as they are."""
+    x3 = make_x(layout)
+    a, c, b = x3.shape
+    mu = mean_of(x3, F32)
+    _, idx = tk.topk_dev(x3, mu, 4, F32)
+    w = torch.randn(c, 4, generator=torch.Generator().manual_seed(2)).to(dtype)
+    w[0, 1:] = 0
+    idx[0, 1:] = 0  # duplicates, with zero weight
+    out = make_x(layout, dtype, seed=4)
+    want = out.clone()
+    ch = torch.arange(c).unsqueeze(1).expand(c, 4)
+    want.index_put_((idx // b, ch, idx % b), w, accumulate=True)
+    tk.scatter_add(out, idx, w)
+    assert torch.equal(out, want)
 
 
 def test_deterministic_run_to_run():

@@ -13,9 +13,9 @@ import torch
 pytest.importorskip("triton")
 
 from normrepro.errors import ConfigError  # noqa: E402
-from normrepro.norms import triton as tk  # noqa: E402
+from normrepro.norms import triton_kernels as tk  # noqa: E402
 from normrepro.norms.functional import view3  # noqa: E402
-from normrepro.norms.triton import runtime, tiles  # noqa: E402
+from normrepro.norms.triton_kernels import runtime, tiles  # noqa: E402
 
 F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
 
@@ -35,7 +35,7 @@ def test_interpreter_chosen_at_launch_after_triton_was_imported_without_it():
     code = ("import os, sys, torch, triton.language as tl\n"
             "assert type(tl.standard._sum_combine).__name__ == 'JITFunction'\n"
             "os.environ['TRITON_INTERPRET'] = '1'\n"
-            "from normrepro.norms import triton as tk\n"
+            "from normrepro.norms import triton_kernels as tk\n"
             "x = torch.arange(24.0).view(2, 3, 4)\n"
             "assert torch.equal(tk.channel_sums(x, torch.float32), x.sum((0, 2)))\n"
             "d, i = tk.topk_dev(x, x.mean((0, 2)), 2, torch.float32)\n"
@@ -64,15 +64,14 @@ def test_cpu_launch_needs_the_interpreter(monkeypatch):
 
 def test_import_without_triton_never_fails(monkeypatch):
     import importlib
-    import sys
 
     import normrepro.norms as norms_pkg
 
-    monkeypatch.setattr(norms_pkg, "triton", norms_pkg.triton)  # the re-import below rebinds it; restored after
-    for name in [m for m in sys.modules if m == "triton" or m.startswith(("triton.", "normrepro.norms.triton"))]:
+    monkeypatch.setattr(norms_pkg, "triton_kernels", tk)  # the re-import below rebinds it; restored after
+    for name in [m for m in sys.modules if m == "triton" or m.startswith(("triton.", tk.__name__))]:
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "triton", None)  # import triton -> ImportError
-    mod = importlib.import_module("normrepro.norms.triton")
+    mod = importlib.import_module("normrepro.norms.triton_kernels")
     assert not mod.available() and "needs the triton package" in mod.unavailable_reason("cuda")
     with pytest.raises(ConfigError, match="backend 'triton'.*NORMREPRO_NORM_BACKEND"):
         mod.channel_sums(small_x3(), F32)
@@ -143,11 +142,12 @@ def test_kernels_compile_for_cuda_with_vector_loads(monkeypatch, layout):
     tk.topk_dev(x3, mu, 10, F32)
     tk.normalize(x3.bfloat16(), mu, mu, mu, torch.empty_like(x3.bfloat16()), BF16)
     tk.input_grad(x3, x3, mu, mu, mu, mu, mu, torch.empty_like(x3), F32)
+    tk.scatter_add(x3.half(), torch.zeros(16, 10, dtype=torch.int64), torch.ones(16, 10))
     monkeypatch.delenv("TRITON_INTERPRET")
     jitted = runtime.kernels()
     assert not jitted.INTERPRET
     for name, args, kw in calls:
         ptx = compile_for_cuda(getattr(jitted, name), args, kw).asm["ptx"]
         assert f".entry {name}" in ptx
-        if name != "topk_kernel":
+        if name not in ("topk_kernel", "scatter_add_kernel"):  # these gather
             assert "ld.global.v4" in ptx or "ld.global.nc.v4" in ptx, (name, set(re.findall(r"ld\.global[.\w]*", ptx)))

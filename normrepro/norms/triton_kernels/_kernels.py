@@ -12,7 +12,7 @@ and ``tl.reduce`` with the library's combine functions (see runtime.py for why).
 """
 import triton.language as tl
 
-from normrepro.norms.triton.runtime import device_fn_decorator, jit_decorator
+from normrepro.norms.triton_kernels.runtime import device_fn_decorator, jit_decorator
 
 INTERPRET = __name__.endswith("_interp")
 jit = jit_decorator(INTERPRET)
@@ -255,3 +255,19 @@ def input_grad_kernel(x_ptr, dy_ptr, mu_ptr, a_ptr, kd_ptr, ks_ptr, c0_ptr, out_
         if HAS_C0:
             o = rnd(o + c0, RND)
         tl.store(out_ptr + (a64 * soa + co), to_out(o, OUTV, OUT_BF16).to(out_ptr.dtype.element_ty), mask=m)
+
+
+@jit
+def scatter_add_kernel(out_ptr, idx_ptr, w_ptr, C, B, soa, soc, sob, CK, K: tl.constexpr, BLOCK: tl.constexpr,
+                       CD: tl.constexpr, RND: tl.constexpr):
+    """out[i // B, c, i % B] += w[c, j] for i = idx[c, j] over the (C, K) entries with w != 0 (in CD). The nonzero
+    entries of a channel have distinct indices, so plain load-add-store is exact and deterministic; zero weights
+    (entries another process selected, all at index 0) are skipped."""
+    e = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    w = to_w(tl.load(w_ptr + e, mask=e < CK, other=0.0), CD, RND)
+    m = (e < CK) & (w != 0)
+    i = tl.load(idx_ptr + e, mask=m, other=0)
+    c = e // K
+    off = (i // B) * soa + c.to(tl.int64) * soc + (i % B) * sob
+    v = to_w(tl.load(out_ptr + off, mask=m, other=0.0), CD, RND)
+    tl.store(out_ptr + off, rnd(v + w, RND).to(out_ptr.dtype.element_ty), mask=m)

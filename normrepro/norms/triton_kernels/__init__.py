@@ -2,7 +2,8 @@
 
 The six functions of the primitive API (``channel_sums``, ``dev_stats``, ``topk_dev``, ``normalize``,
 ``grad_sums``, ``input_grad``) with the signatures the torch and C++ backends share, so that the registered norm
-operators compose them (statistics as per-channel partial sums, finalized in torch). Importing this package never
+operators compose them (statistics as per-channel partial sums, finalized in torch), and the optional
+``scatter_add`` (Top-k backward: the weights at the selected values). Importing this package never
 fails and imports no triton; ``available(device)`` / ``unavailable_reason(device)`` say whether a launch can run
 now, and a launch that cannot raises ``ConfigError`` naming the backend and what to use instead.
 
@@ -35,16 +36,17 @@ the activation, linf/topk 8, mean 6) for the bandwidth bound printed beside the 
 """
 from __future__ import annotations
 
-from normrepro.norms.triton.primitives import (
+from normrepro.norms.triton_kernels.primitives import (
     channel_sums,
     dev_stats,
     grad_sums,
     input_grad,
     normalize,
+    scatter_add,
     topk_dev,
 )
-from normrepro.norms.triton.runtime import available, interpreting, unavailable_reason
-from normrepro.norms.triton.tiles import layer_bytes, primitive_bytes
+from normrepro.norms.triton_kernels.runtime import available, interpreting, unavailable_reason
+from normrepro.norms.triton_kernels.tiles import layer_bytes, primitive_bytes
 
-__all__ = ["channel_sums", "dev_stats", "topk_dev", "normalize", "grad_sums", "input_grad", "available",
+__all__ = ["channel_sums", "dev_stats", "topk_dev", "normalize", "grad_sums", "input_grad", "scatter_add", "available",
            "unavailable_reason", "interpreting", "primitive_bytes", "layer_bytes"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from normrepro.norms.triton import runtime, tiles
+from normrepro.norms.triton_kernels import runtime, tiles
 
 Tensor = torch.Tensor
 _SLOTS = ("x", "abs", "sign", "sq", "max", "dy", "dyd")
@@ -145,3 +145,20 @@ def input_grad(x3: Tensor | None, dy3: Tensor, mu: Tensor | None, a: Tensor, kd:
     runtime.launch("input_grad_kernel", p.programs, xs, dy3, *vecs, out3, na, c, b, *xs.stride(), *dy3.stride(),
                    *out3.stride(), p.n_c, p.n_b, p.iters, HAS_KD=kd is not None, HAS_KS=ks is not None,
                    HAS_C0=c0 is not None, NEED_X=need_x, **_consts(p, cd, out3.dtype))
+
+
+def scatter_add(out3: Tensor, idx: Tensor, w: Tensor) -> None:
+    """out3[i // B, c, i % B] += w[c, j] for the (C, k) indices i = idx[c, j] (distinct within a channel where w is
+    nonzero, as topk_dev's are), computed in out3's dtype (w is converted to it)."""
+    _check3("scatter_add", out3)
+    runtime.check_launch(out3)
+    _, c, b = out3.shape
+    if idx.shape[0] != c or w.shape != idx.shape:
+        raise ValueError(f"triton scatter_add: idx {tuple(idx.shape)} and w {tuple(w.shape)} must be (C={c}, k)")
+    k = idx.shape[1]
+    idx = idx.to(device=out3.device, dtype=torch.int64).contiguous()
+    w = w.to(device=out3.device, dtype=out3.dtype).contiguous()
+    block = min(1024, tiles.pow2(c * k))
+    tl_cd = runtime.tl_dtype(out3.dtype)
+    runtime.launch("scatter_add_kernel", -(-c * k // block), out3, idx, w, c, b, *out3.stride(), c * k, K=k,
+                   BLOCK=block, CD=tl_cd, RND=out3.dtype == torch.bfloat16, num_warps=4)
