@@ -104,6 +104,9 @@ def test_reductions_match_torch(layout, xd, cd, small):
     assert_sums(sq, (d * d).to(acc(cd)).sum((0, 2)), d * d)
     assert mx.dtype == cd and torch.equal(mx, d.abs().amax((0, 2)))
     assert_sums(g1, dyc.to(acc(cd)).sum((0, 2)), dyc)
+    with maybe_small(small, x3):
+        g1m, none = tk.grad_sums(None, dy3, None, cd)  # mean-only BN: Σ dy alone
+    assert none is None and torch.equal(g1m, g1)
     assert_sums(g2, (dyc * d).to(acc(cd)).sum((0, 2)), dyc * d)
 
 
@@ -115,6 +118,19 @@ def test_dev_stats_subsets_and_none():
     full = tk.dev_stats(x3, mu, F32, want_abs=True, want_sign=True, want_sq=True, want_max=True)
     assert torch.equal(ss, full[1]) and torch.equal(mx, full[3])
     assert tk.dev_stats(x3, mu, F32, want_abs=False, want_sign=False, want_sq=False, want_max=False) == (None,) * 4
+
+
+@pytest.mark.parametrize("small", [False, True])
+def test_results_are_tensors_of_their_own(small):
+    """Each result has its own storage at offset 0 (a registered op's outputs must match its fake tensors)."""
+    x3 = make_x("cl")
+    mu = mean_of(x3, F32)
+    with maybe_small(small, x3):
+        res = [tk.channel_sums(x3, F32), *tk.dev_stats(x3, mu, F32, want_abs=True, want_sign=True, want_sq=True,
+                                                          want_max=True), *tk.grad_sums(x3, x3, mu, F32),
+               *tk.topk_dev(x3, mu, 3, F32)]
+    assert all(t.storage_offset() == 0 and t.is_contiguous() for t in res)
+    assert len({t.untyped_storage().data_ptr() for t in res}) == len(res)
 
 
 @pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")  # numpy, inside the interpreter

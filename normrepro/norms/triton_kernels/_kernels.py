@@ -87,13 +87,15 @@ def channel_total(t):
 
 
 @jit
-def stats_kernel(x_ptr, y_ptr, mu_ptr, part_ptr, A, C, B, sxa, sxc, sxb, sya, syc, syb, n_c, n_b, P, iters,
+def stats_kernel(x_ptr, y_ptr, mu_ptr, px_ptr, pabs_ptr, psign_ptr, psq_ptr, pmax_ptr, pdy_ptr, pdyd_ptr,
+                 A, C, B, sxa, sxc, sxb, sya, syc, syb, n_c, n_b, iters,
                  S_X: tl.constexpr, S_ABS: tl.constexpr, S_SIGN: tl.constexpr, S_SQ: tl.constexpr,
                  S_MAX: tl.constexpr, S_DY: tl.constexpr, S_DYD: tl.constexpr, NEED_D: tl.constexpr,
                  NEED_DY: tl.constexpr, BA: tl.constexpr, BC: tl.constexpr, BB: tl.constexpr, CD: tl.constexpr,
                  W: tl.constexpr, ACC: tl.constexpr, RND: tl.constexpr):
-    """Per program and channel, the sums asked for (slot S_* >= 0 of part[slot, p, c], p = pa * n_b + pb):
-    Σx, Σ|d|, Σsign(d), Σd², max|d| (NaN if any |d| is NaN), Σdy, Σdy·d, with d = x - mu (x: x_ptr, dy: y_ptr)."""
+    """Per program and channel, the statistics asked for (S_* true), each into its own (P, C) buffer at [p, c],
+    p = pa * n_b + pb: Σx, Σ|d|, Σsign(d), Σd², max|d| (NaN if any |d| is NaN), Σdy, Σdy·d, with d = x - mu
+    (x: x_ptr, dy: y_ptr)."""
     pa, pc, pb, ra, c, b = tile_coords(n_c, n_b, BA, BC, BB)
     cb_mask = (c < C) & (b < B)
     cx = c.to(tl.int64) * sxc + b.to(tl.int64) * sxb
@@ -112,43 +114,43 @@ def stats_kernel(x_ptr, y_ptr, mu_ptr, part_ptr, A, C, B, sxa, sxc, sxb, sya, sy
         m = (a < A) & cb_mask
         a64 = a.to(tl.int64)
         x = to_w(tl.load(x_ptr + (a64 * sxa + cx), mask=m, other=0.0), CD, RND)
-        if S_X >= 0:
+        if S_X:
             acc_x += x.to(ACC)
         if NEED_D:
             d = rnd(tl.where(m, x - mu, 0.0), RND)
-            if S_ABS >= 0:
+            if S_ABS:
                 acc_abs += tl.abs(d).to(ACC)
-            if S_SIGN >= 0:
+            if S_SIGN:
                 acc_sign += (d > 0).to(ACC) - (d < 0).to(ACC)
-            if S_SQ >= 0:
+            if S_SQ:
                 acc_sq += rnd(d * d, RND).to(ACC)
-            if S_MAX >= 0:
+            if S_MAX:
                 mx = tl.maximum(mx, tl.abs(d), propagate_nan=tl.PropagateNan.ALL)
         if NEED_DY:
             g = to_w(tl.load(y_ptr + (a64 * sya + cy), mask=m, other=0.0), CD, RND)
-            if S_DY >= 0:
+            if S_DY:
                 acc_dy += g.to(ACC)
-            if S_DYD >= 0:
+            if S_DYD:
                 acc_dyd += rnd(g * d, RND).to(ACC)
     cv = pc * BC + tl.arange(0, BC)
     cm = cv < C
-    out = part_ptr + (pa * n_b + pb) * C + cv
-    if S_X >= 0:
-        tl.store(out + S_X * P * C, channel_total(acc_x), mask=cm)
-    if S_ABS >= 0:
-        tl.store(out + S_ABS * P * C, channel_total(acc_abs), mask=cm)
-    if S_SIGN >= 0:
-        tl.store(out + S_SIGN * P * C, channel_total(acc_sign), mask=cm)
-    if S_SQ >= 0:
-        tl.store(out + S_SQ * P * C, channel_total(acc_sq), mask=cm)
-    if S_DY >= 0:
-        tl.store(out + S_DY * P * C, channel_total(acc_dy), mask=cm)
-    if S_DYD >= 0:
-        tl.store(out + S_DYD * P * C, channel_total(acc_dyd), mask=cm)
-    if S_MAX >= 0:
+    out = (pa * n_b + pb) * C + cv
+    if S_X:
+        tl.store(px_ptr + out, channel_total(acc_x), mask=cm)
+    if S_ABS:
+        tl.store(pabs_ptr + out, channel_total(acc_abs), mask=cm)
+    if S_SIGN:
+        tl.store(psign_ptr + out, channel_total(acc_sign), mask=cm)
+    if S_SQ:
+        tl.store(psq_ptr + out, channel_total(acc_sq), mask=cm)
+    if S_DY:
+        tl.store(pdy_ptr + out, channel_total(acc_dy), mask=cm)
+    if S_DYD:
+        tl.store(pdyd_ptr + out, channel_total(acc_dyd), mask=cm)
+    if S_MAX:
         top = tl.reduce(tl.reduce(mx, 2, _MAX), 0, _MAX).to(ACC)
         nans = channel_total((mx != mx).to(tl.int32))
-        tl.store(out + S_MAX * P * C, tl.where(nans > 0, float("nan"), top), mask=cm)
+        tl.store(pmax_ptr + out, tl.where(nans > 0, float("nan"), top), mask=cm)
 
 
 @jit

@@ -44,24 +44,25 @@ def _consts(p: tiles.Plan, cd: torch.dtype, out: torch.dtype | None = None) -> d
 
 
 def _reduce(x3: Tensor, dy3: Tensor | None, mu: Tensor | None, cd: torch.dtype, slots: list[str]) -> dict:
-    """Launch ``stats_kernel`` for the statistics named in ``slots`` and reduce the partials of all sums in one
-    torch.sum (and the max in one amax): {name: (C,) tensor}."""
+    """Launch ``stats_kernel`` for the statistics named in ``slots`` and reduce each one's partials with torch:
+    {name: (C,) tensor of its own (the max in cd, sums in acc(cd))}."""
     runtime.check_launch(x3)
     a, c, b = x3.shape
     p = tiles.plan(x3, "reduce")
-    sums = [k for k in slots if k != "max"]
-    order = sums + ["max"] * ("max" in slots)  # the max last: part[:len(sums)] are the sums
-    part = torch.empty(len(order), p.partials, c, dtype=runtime.acc_dtype(cd), device=x3.device)
-    s = {f"S_{k.upper()}": order.index(k) if k in order else -1 for k in _SLOTS}
-    need_d = any(k in slots for k in ("abs", "sign", "sq", "max", "dyd"))
+    part = {k: torch.empty(p.partials, c, dtype=runtime.acc_dtype(cd), device=x3.device) for k in slots}
     y3 = dy3 if dy3 is not None else x3  # unused pointers: any tensor
-    runtime.launch("stats_kernel", p.programs, x3, y3, mu if mu is not None else x3, part, a, c, b, *x3.stride(),
-                   *y3.stride(), p.n_c, p.n_b, p.partials, p.iters, **s, NEED_D=need_d, NEED_DY=dy3 is not None,
+    dummy = next(iter(part.values()))
+    runtime.launch("stats_kernel", p.programs, x3, y3, mu if mu is not None else x3,
+                   *(part.get(k, dummy) for k in _SLOTS), a, c, b, *x3.stride(), *y3.stride(), p.n_c, p.n_b,
+                   p.iters, **{f"S_{k.upper()}": k in slots for k in _SLOTS},
+                   NEED_D=any(k in slots for k in ("abs", "sign", "sq", "max", "dyd")), NEED_DY=dy3 is not None,
                    **_consts(p, cd))
-    one = p.partials == 1
-    out = dict(zip(sums, part[:len(sums), 0] if one else part[:len(sums)].sum(1)))
-    if "max" in slots:
-        out["max"] = (part[-1, 0] if one else part[-1].amax(0)).to(cd)
+    out = {}
+    for k, t in part.items():
+        if k == "max":
+            out[k] = (t[0] if p.partials == 1 else t.amax(0)).to(cd)
+        else:
+            out[k] = t[0] if p.partials == 1 else t.sum(0)
     return out
 
 
@@ -83,8 +84,11 @@ def dev_stats(x3: Tensor, mu: Tensor, cd: torch.dtype, *, want_abs: bool, want_s
     return r.get("abs"), r.get("sign"), r.get("sq"), r.get("max")
 
 
-def grad_sums(x3: Tensor, dy3: Tensor, mu: Tensor, cd: torch.dtype) -> tuple[Tensor, Tensor]:
-    """(Σ dy, Σ dy·d) per channel in acc(cd), d = x − mu; dy.to(cd)."""
+def grad_sums(x3: Tensor | None, dy3: Tensor, mu: Tensor | None, cd: torch.dtype) -> tuple[Tensor, Tensor | None]:
+    """(Σ dy, Σ dy·d) per channel in acc(cd), d = x − mu; dy.to(cd) (Σ dy·d is None when x3 is None: mean-only)."""
+    if x3 is None:
+        _check3("grad_sums", dy3)
+        return _reduce(dy3, None, None, cd, ["x"])["x"], None
     _check3("grad_sums", x3)
     _check3("grad_sums", dy3, x3)
     r = _reduce(x3, dy3, _vec(mu, x3.shape[1], cd, x3.device), cd, ["dy", "dyd"])

@@ -27,6 +27,8 @@ BACKEND_HINT = "use NORMREPRO_NORM_BACKEND=torch|native"
 NEEDS = ("backend 'triton' needs a CUDA GPU, or TRITON_INTERPRET=1 to run its kernels on the CPU through Triton's "
          f"interpreter; {BACKEND_HINT}")
 
+MIN_CAPABILITY = (7, 0)  # the oldest NVIDIA GPUs Triton 3 compiles for (Volta)
+
 _import_error: str | None = None
 _triton = None
 
@@ -76,6 +78,10 @@ def unavailable_reason(device=None) -> str | None:
             return None
         return f"backend 'triton' runs on CUDA or (interpreted) CPU tensors, not on {kind!r}; {BACKEND_HINT}"
     if kind in (None, "cuda") and torch.cuda.is_available():
+        major, minor = torch.cuda.get_device_capability(device if kind == "cuda" else None)
+        if major < MIN_CAPABILITY[0]:
+            return (f"backend 'triton' needs a GPU of compute capability {MIN_CAPABILITY[0]}.{MIN_CAPABILITY[1]} or "
+                    f"newer (Triton's minimum), found {major}.{minor}; {BACKEND_HINT}")
         return None
     if kind in (None, "cpu", "cuda"):
         return NEEDS
