@@ -3,9 +3,10 @@
 The six functions of the primitive API (``channel_sums``, ``dev_stats``, ``topk_dev``, ``normalize``,
 ``grad_sums``, ``input_grad``) with the signatures the torch and C++ backends share, so that the registered norm
 operators compose them (statistics as per-channel partial sums, finalized in torch), and the optional
-``scatter_add`` (Top-k backward: the weights at the selected values). Importing this package never
-fails and imports no triton; ``available(device)`` / ``unavailable_reason(device)`` say whether a launch can run
-now, and a launch that cannot raises ``ConfigError`` naming the backend and what to use instead.
+``scatter_add`` (Top-k backward: the weights at the selected values). Importing this package never fails and
+imports no triton; ``available(device)`` / ``unavailable_reason(device)`` say whether a launch can run now, and a
+launch that cannot raises ``ConfigError`` naming the backend and what to use instead. TRITON_INTERPRET is read at
+each launch (runtime.py: triton itself reads it at import and at decoration, and how this package copes).
 
 Design (tiles.py has the numbers):
 - A tensor is seen as (A, C, B) at any strides (NCHW: (N, C, H·W); channels_last: (N·H·W, C, 1); (N, C):
@@ -14,9 +15,9 @@ Design (tiles.py has the numbers):
   along C (BC = 64 float32 / 128 half channels = 256 bytes per row, BA = 32 / 32 rows). Other strides: up to 16
   along both B and C.
 - Reductions (channel_sums, dev_stats, grad_sums) run about 4 programs per SM, each looping over ``iters`` tiles
-  along A with elementwise accumulators, and write one partial per program and channel to a (slots, P, C) buffer
-  that torch sums (or max-reduces): deterministic, no atomics. Elementwise passes (normalize, input_grad) use the
-  same tiles with 8× more programs.
+  along A with elementwise accumulators, and write one partial per program and channel to a (P, C) buffer per
+  statistic that torch sums (or max-reduces): deterministic, no atomics. Elementwise passes (normalize,
+  input_grad) use the same tiles with 8× more programs.
 - topk_dev: one tile per program, 1024 values of a channel (NCHW: BC = 1; channels_last: 8 channels × 1024 rows),
   k rounds of (max |d|, first position holding it) give k candidates per tile and channel; torch.topk merges the
   (C, P·k) candidates. NaN ranks above inf (as in torch.topk); positions outside the tensor rank below 0.
@@ -31,6 +32,7 @@ of e_x (x), e_dy (dy), e_out (out) bytes:
     normalize:   read numel·e_x,  write numel·e_out
     grad_sums:   read numel·(e_x + e_dy)
     input_grad:  read numel·(e_dy [+ e_x when kd or ks is given]),  write numel·e_out
+    scatter_add: read and write C·k values (the nonzero weights)
 ``tiles.primitive_bytes`` and ``tiles.layer_bytes`` compute these (a composed l1/l2 forward+backward: 9 passes over
 the activation, linf/topk 8, mean 6) for the bandwidth bound printed beside the GPU benchmarks.
 """
