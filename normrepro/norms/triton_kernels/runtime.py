@@ -8,7 +8,9 @@ module once per mode, on the first launch in the mode the environment asks for *
 decorating its kernels and helpers explicitly in that mode, and (b) calls no triton.language library function from
 a kernel: reductions go through the builtin ``tl.reduce`` with the library's combine functions, which the
 interpreter recognises by identity. So setting ``TRITON_INTERPRET=1`` any time before a launch (a test fixture's
-``monkeypatch.setenv``) suffices, whether or not triton was imported before.
+``monkeypatch.setenv``) suffices, whether or not triton was imported before. The reverse is triton's own limit:
+once triton was imported under TRITON_INTERPRET=1, compiling for a GPU later in the same process fails inside triton
+(its gluon package asserts at import), so a process that launches compiled kernels must import triton without it.
 """
 from __future__ import annotations
 
