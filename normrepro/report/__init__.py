@@ -6,7 +6,7 @@ commits), ``render`` (Markdown/CSV), ``summary`` (README block), ``plots`` (figu
 small-scale experiments of ``scripts/reproduce.py``), ``cli`` (``python -m normrepro.report``).
 """
 from normrepro.report.aggregate import Group, aggregate, default_metric
-from normrepro.report.cli import Report, main, write_report
+from normrepro.report.cli import Report, build_report, main, write_report
 from normrepro.report.paper import Paper, PaperCell, load_paper, match_cell
 from normrepro.report.provenance import CodeStamp, code_stamp
 from normrepro.report.render import render_csv, render_markdown
@@ -15,6 +15,6 @@ from normrepro.report.stats import Comparison, Summary, compare, summarize
 from normrepro.report.summary import TableSummary, render_summary, splice
 
 __all__ = ["CodeStamp", "Comparison", "Group", "Paper", "PaperCell", "Report", "Run", "Summary", "TableSummary",
-           "aggregate", "code_stamp", "collect_runs", "compare", "default_metric", "find_run_dirs",
+           "aggregate", "build_report", "code_stamp", "collect_runs", "compare", "default_metric", "find_run_dirs",
            "incomplete_runs", "load_paper", "main", "match_cell", "render_csv", "render_markdown", "render_summary",
            "splice", "summarize", "write_report"]

@@ -31,18 +31,19 @@ FIGURES = ("error", "diff", "curves")
 
 @dataclass
 class Report:
-    """What :func:`write_report` wrote and the data behind it."""
-    md: Path
-    csv: Path
+    """Runs, groups and code stamp of one table, and the files :func:`write_report` wrote (None when not written)."""
+    name: str
     runs: list[Run]
     groups: list[Group]
     stamp: CodeStamp
     table: str | None
+    md: Path | None = None
+    csv: Path | None = None
     figures: dict[str, Path] = field(default_factory=dict)
 
     def summary(self, claim: str | None = None, link: str | None = None) -> TableSummary:
         """This table as a row of the README summary."""
-        return TableSummary(self.md.stem, claim or self.md.stem, self.groups, self.stamp, link)
+        return TableSummary(self.name, claim or self.name, self.groups, self.stamp, link)
 
     def counts(self) -> str:
         """"N group(s) from M run(s), K incomplete or crashed"."""
@@ -67,16 +68,15 @@ def parse_baseline(spec: str | None) -> dict | None:
     return dict(pairs)
 
 
-def write_report(dirs: Sequence[str | os.PathLike], out: str | os.PathLike, table: str | None = None,
-                 metric: str | None = None, paper_path: str | os.PathLike | None = None,
-                 baseline: dict | None = None, allow_mixed: bool = False, figures: str | os.PathLike | None = None,
-                 title: str | None = None, roots: Sequence[str | os.PathLike] = ()) -> Report:
-    """Collect, aggregate and atomically write ``<out>.md``, ``<out>.csv`` and, with ``figures``, the PNGs
-    ``<figures>/<name>_{error,diff,curves}.png``. ``table`` defaults to the runs' ``experiment.table``."""
+def build_report(dirs: Sequence[str | os.PathLike], name: str, table: str | None = None, metric: str | None = None,
+                 paper: Paper | None = None, baseline: dict | None = None, allow_mixed: bool = False,
+                 roots: Sequence[str | os.PathLike] = ()) -> Report:
+    """Collect and aggregate the runs below ``dirs`` (nothing written). ``table`` defaults to the runs'
+    ``experiment.table``; runs from several commits are a ConfigError unless ``allow_mixed``."""
     dirs = [str(d) for d in dirs]
     if not dirs:
         raise ConfigError("no sweep dir given")
-    paper = load_paper(paper_path)
+    paper = paper or load_paper()
     if table is not None and table not in paper.tables:
         raise choice_error("paper table", table, paper.tables)
     runs = collect_runs(dirs, paper, roots)
@@ -86,15 +86,26 @@ def write_report(dirs: Sequence[str | os.PathLike], out: str | os.PathLike, tabl
     stamp = code_stamp(runs)
     check_stamp(stamp, allow_mixed)
     table = table or infer_table(runs, paper)
-    groups = aggregate(runs, paper, table=table, metric=metric, baseline=baseline)
+    return Report(name, runs, aggregate(runs, paper, table=table, metric=metric, baseline=baseline), stamp, table)
+
+
+def write_report(dirs: Sequence[str | os.PathLike], out: str | os.PathLike, table: str | None = None,
+                 metric: str | None = None, paper_path: str | os.PathLike | None = None,
+                 baseline: dict | None = None, allow_mixed: bool = False, figures: str | os.PathLike | None = None,
+                 title: str | None = None, roots: Sequence[str | os.PathLike] = ()) -> Report:
+    """:func:`build_report`, then atomically write ``<out>.md``, ``<out>.csv`` and, with ``figures``, the PNGs
+    ``<figures>/<name>_{error,diff,curves}.png``."""
     out = Path(out)
     if out.suffix in (".md", ".csv"):
         out = out.with_suffix("")
-    md, csv_path = out.with_name(out.name + ".md"), out.with_name(out.name + ".csv")
+    paper = load_paper(paper_path)
+    report = build_report(dirs, out.name, table, metric, paper, baseline, allow_mixed, roots)
+    groups = report.groups
+    report.md, report.csv = out.with_name(out.name + ".md"), out.with_name(out.name + ".csv")
     sources = [display_path(d, roots) for d in dirs]
-    atomic_write_text(md, render_markdown(groups, runs, paper, sources, stamp, table, title or f"Results: {out.name}"))
-    atomic_write_text(csv_path, render_csv(groups))
-    report = Report(md, csv_path, runs, groups, stamp, table)
+    atomic_write_text(report.md, render_markdown(groups, report.runs, paper, sources, report.stamp, report.table,
+                                                 title or f"Results: {out.name}"))
+    atomic_write_text(report.csv, render_csv(groups))
     if figures is not None:
         fig_dir, name = Path(figures), out.name
         drawn = {"error": plots.plot_final_error(groups, fig_dir / f"{name}_error.png", f"{name}: final test error"),
