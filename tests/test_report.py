@@ -137,6 +137,22 @@ def test_baseline_comparison_and_ordering(tmp_path):
     assert "| Lp BN (lp) | digits |" in summary and "L∞: +" in summary and "differs (p < 0.05) ✓" in summary
 
 
+def test_aggregate_pairs_by_seed_only_when_the_seeds_match(tmp_path):
+    d = tmp_path / "sw"
+    for s in (0, 1, 2):
+        write_run(d / f"a{s}", "l2", s)
+        write_run(d / f"b{s}", "l1", s)
+        write_run(d / f"c{s}", "linf", s + 3)            # other seeds: Welch
+    write_run(d / "b3", "l1", 3, status="failed")        # a failed seed does not break the pairing
+    groups = by_label(report.aggregate(report.collect_runs([d]), table="lp_bn_imagenet"))
+    l1, linf = groups["L1"], groups["L∞"]
+    assert l1.comparison.test == "paired" and linf.comparison.test == "welch"
+    e = {n: [100 - final_acc(n, s) for s in (0, 1, 2)] for n in ("l2", "linf")}
+    e["linf"] = [100 - final_acc("linf", s + 3) for s in (0, 1, 2)]
+    assert linf.comparison.p == pytest.approx(sps.ttest_ind(e["linf"], e["l2"], equal_var=False).pvalue)
+    assert "Welch t, n = 3/3" in report.render.p_text(linf)
+
+
 def test_single_seed_cells_say_no_ci(tmp_path):
     write_run(tmp_path / "s" / "0", "l1", 0)
     write_run(tmp_path / "s" / "1", "l2", 0)

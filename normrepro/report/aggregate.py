@@ -51,9 +51,10 @@ class Ordering:
         return f"{self.agrees} (ours {ours}, paper {self.paper})"
 
 
-@dataclass
+@dataclass(eq=False)
 class Group:
-    """Runs differing only in the seed: statistics in ``metric`` over the completed ones, paper cell, baseline."""
+    """Runs differing only in the seed: statistics in ``metric`` over the completed ones, paper cell, baseline
+    (compared by identity: a baseline group refers to itself)."""
     name: str
     key: tuple
     overrides: tuple[str, ...]
@@ -202,6 +203,7 @@ def _ordering(g: Group) -> Ordering:
 def assign_baselines(groups: list[Group], paper: Paper, table: str | None, selector: dict | None) -> None:
     """Each group's baseline (the group of the same dataset matching the baseline settings that shares the most
     overrides), the comparison with it and the ordering verdict; the baseline itself gets none."""
+    rank = {id(g): i for i, g in enumerate(groups)}
     for g in groups:
         sel = selector or (paper.tables[table].baseline if table else
                            (paper.tables[g.paper.cell.table].baseline if g.paper else {}))
@@ -209,7 +211,7 @@ def assign_baselines(groups: list[Group], paper: Paper, table: str | None, selec
                       and same(b.settings.get("model"), g.settings.get("model"))]
         if not candidates:
             continue
-        g.baseline = max(candidates, key=lambda b: (len(set(b.overrides) & set(g.overrides)), -groups.index(b)))
+        g.baseline = max(candidates, key=lambda b: (len(set(b.overrides) & set(g.overrides)), -rank[id(b)]))
         if g.baseline is not g:
             g.comparison = compare(g.values, g.baseline.values)
             g.ordering = _ordering(g)

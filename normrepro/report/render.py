@@ -16,7 +16,7 @@ PAPER_DATASETS = ("cifar10", "cifar100", "imagenet")
 METRIC_TEXT = {"test_acc": "final test accuracy %", "test_error": "final test error % (100 − accuracy)"}
 STATS_TEXT = ("Statistics: n = completed runs; mean ± sample std (ddof = 1); 95 % CI of the mean from the t "
               "distribution (n − 1 df; none when n = 1). Δ = arm − baseline with its 95 % CI and a two-sided p: a "
-              "paired t-test by seed when both arms ran the same seeds, Welch's t-test otherwise; each arm "
+              "paired t-test by seed when both arms completed the same seeds, Welch's t-test otherwise; each arm "
               "\"differs (p < 0.05)\" or is \"within noise\" (no correction for multiple comparisons). \"as the "
               "paper?\": our direction against our baseline (better / worse / within noise) against the paper's "
               "against its own baseline cell (a paper difference within its reading uncertainty counts as same).")

@@ -2,7 +2,7 @@
 
 Per cell: n, mean, sample std (ddof = 1) and the 95 % confidence interval of the mean, mean ± t(0.975, n − 1) ·
 std / √n. Against the baseline: the difference of the means (arm − baseline) with its 95 % CI and the two-sided
-p-value of a t-test: paired by seed (``scipy.stats.ttest_rel``) when both arms ran exactly the same seeds (n ≥ 2),
+p-value of a t-test: paired by seed (``scipy.stats.ttest_rel``) when both arms completed exactly the same seeds (n ≥ 2),
 Welch's unequal-variance test (``scipy.stats.ttest_ind(equal_var=False)``) otherwise. A cell "differs
 (p < 0.05)" or is "within noise"; with n < 2 on a side there is no test and the cell says so.
 """
