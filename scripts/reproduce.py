@@ -174,6 +174,8 @@ def main(argv=None) -> int:
                               f"{' ...' if len(changes) > 3 else ''}); commit them, or pass --allow-dirty to run "
                               "anyway (every table is then marked DIRTY TREE)")
         failures, costs = [], {}
+        if not chosen:
+            print("note: no default experiment is registered in normrepro/report/experiments.yaml: nothing to run")
         if not args.no_run:
             plans = {e.name: plan(e) for e in chosen}
             with tqdm(total=sum(map(len, plans.values())), desc="runs", unit="run", disable=args.no_progress) as bar:
