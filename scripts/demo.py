@@ -47,7 +47,7 @@ def lp_table(sweep: Path, out: Path) -> list[str]:
     text = rep.md.read_text(encoding="utf-8")
     results = text.split("## Results", 1)[1].split("## Paper cells used", 1)[0].strip()
     return [text.split("\n## What these numbers are")[0], "", results, "",
-            f"ordering as the paper (L1 ≈ L2 < Top-k < L∞ in error)? {ordering_verdict(rep.groups)}"]
+            f"ordering as the paper (each norm against L2, ours and the paper's)? {ordering_verdict(rep.groups)}"]
 
 
 def fp16_probe(out: Path, shape: str | None) -> list[str]:

@@ -187,7 +187,8 @@ def plot_vs_paper(panels: Sequence[tuple[str, Sequence[Group]]], path: str | os.
     axes[0].set_yticks(range(len(labels)))
     axes[0].set_yticklabels(labels, fontsize=8)
     axes[0].invert_yaxis()
-    fig.suptitle(title or "ours vs paper: each against its own baseline (points of error; > 0: worse)", fontsize=10)
+    fig.suptitle(title or "ours vs paper: each against its own baseline (points of error; > 0: worse)", fontsize=10,
+                 y=1.03)
     return _save(fig, path)
 
 
