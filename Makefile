@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export TORCHINDUCTOR_CACHE_DIR := $(CURDIR)/.cache/torchinductor
 export MPLBACKEND := Agg
 
-.PHONY: install demo test test-all lint tables bench clean
+.PHONY: install demo reproduce test test-all lint tables bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,9 +16,14 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-## the main job on the embedded default data (CPU, a few minutes)
+## the headline in a few minutes (CPU): Lp BN on mnist5k + the fp16 probe figure, into results/demo/
 demo: install
 	$(PY) scripts/demo.py
+
+## every registered small-scale experiment from a clean tree, then every table, figure and the README summary
+## (scripts/reproduce.py --list: the experiments and their cost; ONLY=name runs one; ARGS=--allow-dirty ...)
+reproduce: install
+	$(PY) scripts/reproduce.py $(if $(ONLY),--only $(ONLY)) $(ARGS)
 
 ## the default test suite (slow tests excluded)
 test: install

@@ -6,8 +6,8 @@
 Experiments ``<prefix>_{wd_on,wd_off,lr_correction,norm_schedule}`` must exist in normrepro/conf/experiment. Runs
 land in ``<experiment.root>/<arm>/seed<seed>`` (lr_correction and norm_schedule read
 ``wd_on/seed<seed>/weight_norms.pt``); an interrupted family resumes from its checkpoints when run again. Writes
-``<out>.md/.csv`` (report, paper's numbers beside ours) and ``<out>_curves.png`` (test accuracy and the
-scale-invariant weights' norm per epoch). Extra arguments after ``--`` are passed to every run
+``<out>.md/.csv`` (report, paper's numbers beside ours) and ``<out>_acc.png`` and ``<out>_weight_norm.png``
+(test accuracy and the scale-invariant weights' norm per epoch). Extra arguments after ``--`` are passed to every run
 (e.g. ``-- train.epochs=8``).
 """
 from __future__ import annotations
@@ -46,8 +46,8 @@ def main(argv=None) -> int:
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from normrepro.report import collect_runs, write_report
-    from normrepro.report_plots import plot_curves
+    from normrepro.report import write_report
+    from normrepro.report.plots import plot_curves
 
     with initialize_config_dir(config_dir=str(REPO / "normrepro" / "conf"), version_base="1.3"):
         cfg = compose(config_name="config", overrides=[f"experiment={args.prefix}_wd_on", *(
@@ -55,10 +55,10 @@ def main(argv=None) -> int:
     root = REPO / OmegaConf.select(cfg, "experiment.root")
     out = Path(args.out) if args.out else REPO / "results" / args.prefix
     dirs = [str(d) for d in sorted(root.glob("*/seed*"))]
-    write_report(dirs, out, table=OmegaConf.select(cfg, "experiment.table"))
-    runs = collect_runs(dirs)
-    plot_curves(runs, out.with_name(out.name + "_acc.png"), title=f"{out.name}: test accuracy per epoch")
-    plot_curves(runs, out.with_name(out.name + "_weight_norm.png"), key="si_weight_norm", logy=True,
+    groups = write_report(dirs, out, table=OmegaConf.select(cfg, "experiment.table")).groups
+    plot_curves(groups, out.with_name(out.name + "_acc.png"), key="test_acc", logy=False,
+                title=f"{out.name}: test accuracy per epoch")
+    plot_curves(groups, out.with_name(out.name + "_weight_norm.png"), key="si_weight_norm", logy=True,
                 title=f"{out.name}: norm of the scale-invariant weights per epoch")
     print(out.with_suffix(".md").read_text())
     return 0

@@ -241,7 +241,7 @@ def test_missing_data_names_path(tmp_path):
         build_data({"name": "imagenet", "root": str(tmp_path)}, 2, 2, CPU, 0)
     with pytest.raises(ConfigError, match="unknown dataset 'mnist'; choose one of: cifar10, cifar100, digits"):
         build_data({"name": "mnist"}, 2, 2, CPU, 0)
-    assert set(DATASET_NAMES) == {"digits", "synthetic", "cifar10", "cifar100", "imagenet"}
+    assert set(DATASET_NAMES) == {"digits", "mnist5k", "synthetic", "cifar10", "cifar100", "imagenet"}
 
 
 def write_imagenet(root, n_train=4, n_val=2, classes=("n01", "n02"), size=(40, 48)):

