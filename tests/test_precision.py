@@ -5,7 +5,14 @@ import pytest
 import torch
 
 from normrepro.errors import ConfigError
-from normrepro.precision import PRECISIONS, DynamicLossScaler, _GradScalerStats, build_precision, scaler_stats
+from normrepro.precision import (
+    PRECISIONS,
+    DynamicLossScaler,
+    _GradScalerStats,
+    build_precision,
+    resolve_stats_dtype,
+    scaler_stats,
+)
 from normrepro.trainer import fit
 from tests.conftest import TINY, compose_cfg
 
@@ -42,7 +49,7 @@ def test_amp_norm_statistics_dtype_is_explicit(tmp_path):
 
     for norm in ("l2", "l1", "topk"):
         cfg = compose_cfg(TINY + ["precision=amp", f"norm={norm}"])
-        model = build_model_for(cfg, 10, 1, build_precision(cfg.precision, torch.device("cpu")).stats_dtype)
+        model = build_model_for(cfg, 10, 1)
         dtypes = {m.stats_dtype for m in model.modules() if getattr(m, "is_norm_layer", False)}
         assert dtypes == {torch.float32}, (norm, dtypes)
 
@@ -120,10 +127,14 @@ def test_half_unsupported_is_a_clear_error(monkeypatch):
         build_precision(cfg.precision, torch.device("cpu"))
 
 
-def test_bad_stats_dtype_names_choices():
-    cfg = compose_cfg(["precision=amp", "precision.stats_dtype=float8"])
-    with pytest.raises(ConfigError, match="float8.*float32"):
-        build_precision(cfg.precision, torch.device("cpu"))
+def test_bad_stats_dtype_names_choices(tmp_path):
+    for key in ("precision.stats_dtype", "norm.stats_dtype"):
+        cfg = compose_cfg(TINY + ["precision=amp", f"{key}=float8"])
+        with pytest.raises(ConfigError, match=f"{key}.*float8.*float32"):
+            resolve_stats_dtype(cfg.norm, cfg.precision)
+        with pytest.raises(ConfigError, match=f"{key}.*float8.*float32"):
+            fit(cfg, tmp_path)
+        assert not (tmp_path / "metrics.json").exists()
 
 
 def test_skipped_steps_are_logged(tmp_path):
