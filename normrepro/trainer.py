@@ -29,7 +29,7 @@ from normrepro.loggers import build_logger
 from normrepro.metrics import EpochSums, MetricsWriter, why_diverged
 from normrepro.models import build_model, scale_invariant_layers
 from normrepro.models.weight_norm import apply_weight_norm
-from normrepro.norms import norm_factory
+from normrepro.norms import convert_sync_norms, norm_factory
 from normrepro.norms.max_dev import MaxDevTracker
 from normrepro.optim import build_optimizer, build_scheduler
 from normrepro.optim.reference import ReferenceTargets
@@ -42,7 +42,6 @@ log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before `optimizer.step\(\)`")
 
 DEVICES = ("auto", "cpu", "cuda")
-NORM_KEYS_NOT_FOR_LAYER = ("name", "sync", "weight_norm")
 
 
 @dataclass
@@ -113,16 +112,15 @@ def validate(cfg: DictConfig) -> None:
 
 def build_model_for(cfg: DictConfig, num_classes: int, in_channels: int) -> torch.nn.Module:
     """The configured model with the configured norm (config -> ``norm_factory`` -> layer), its statistics dtype
-    from :func:`~normrepro.precision.resolve_stats_dtype`, and the conv weight parametrization ``weight_norm``."""
-    options = {k: v for k, v in OmegaConf.to_container(cfg.norm, resolve=True).items()
-               if k not in NORM_KEYS_NOT_FOR_LAYER}
+    from :func:`~normrepro.precision.resolve_stats_dtype`, and the conv weight parametrization ``model.weight_norm``."""
+    options = {k: v for k, v in OmegaConf.to_container(cfg.norm, resolve=True).items() if k != "name"}
     stats_dtype = resolve_stats_dtype(cfg.norm, cfg.precision).dtype
     if stats_dtype is not None:
         options["stats_dtype"] = stats_dtype
-    kwargs = {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items() if k != "name"}
-    model = build_model(cfg.model.name, num_classes, norm_factory(cfg.norm.name, **options), in_channels=in_channels,
-                        **kwargs)
-    return apply_weight_norm(model, cfg.norm.get("weight_norm", "none") or "none")
+    kwargs = OmegaConf.to_container(cfg.model, resolve=True)
+    name, weight_norm = kwargs.pop("name"), kwargs.pop("weight_norm", "none")
+    model = build_model(name, num_classes, norm_factory(cfg.norm.name, **options), in_channels=in_channels, **kwargs)
+    return apply_weight_norm(model, weight_norm or "none")
 
 
 def build_run(cfg: DictConfig, run_dir: str | Path) -> Run:
@@ -142,9 +140,7 @@ def build_run(cfg: DictConfig, run_dir: str | Path) -> Run:
     precision = build_precision(cfg.precision, device)
     model = build_model_for(cfg, data.num_classes, data.in_channels)
     si_layers = scale_invariant_layers(model, (2, data.in_channels, data.image_size, data.image_size))
-    if cfg.norm.get("sync", False):
-        from normrepro.norms.sync import convert_sync_norms
-
+    if tc.sync_norms:
         model = convert_sync_norms(model)
     memory_format = torch.channels_last if tc.channels_last else torch.contiguous_format
     model = precision.prepare_model(model.to(device, memory_format=memory_format))

@@ -1,17 +1,15 @@
 """notebooks/reproduce_tables.ipynb runs top to bottom on a tiny synthetic sweep and writes its PNGs."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 pytest.importorskip("ipykernel")
 
-from test_report import make_sweep  # noqa: E402  (tests/ is on sys.path under pytest)
+from tests.helpers.config import REPO  # noqa: E402
+from tests.helpers.runs import make_sweep  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "notebooks" / "reproduce_tables.ipynb"
 
 

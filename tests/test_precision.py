@@ -14,7 +14,7 @@ from normrepro.precision import (
     scaler_stats,
 )
 from normrepro.trainer import fit
-from tests.conftest import TINY, compose_cfg
+from tests.helpers.config import TINY, compose_cfg
 
 CASES = [["precision=fp32"], ["precision=amp"], ["precision=bf16"], ["precision=fp16"],
          ["precision=fp16", "precision.master_weights=true", "norm=l1"], ["precision=bf16_pure", "norm=topk"],
@@ -27,7 +27,11 @@ def test_precision_trains_two_steps(tmp_path, overrides):
     out = fit(cfg, tmp_path)
     assert out["status"] == "completed"
     row = out["epochs"][0]
-    assert row["train_images"] == 128 and row["skipped_steps"] >= 0
+    assert row["train_images"] == 128
+    if cfg.precision.name in ("amp", "fp16"):  # loss scaling: each skipped step halved the initial 2^16
+        assert 0 <= row["skipped_steps"] <= 2 and row["loss_scale"] == 2.0 ** (16 - row["skipped_steps"])
+    else:  # no loss scaler: nothing is ever skipped
+        assert (row["skipped_steps"], row["loss_scale"]) == (0, None)
     env = json.loads((tmp_path / "metrics.json").read_text())["env"]
     assert env["precision"] == cfg.precision.name
     expected = {"fp32": ("float32", "input (float32)"), "amp": ("float32", "float32"), "bf16": ("float32", "float32"),

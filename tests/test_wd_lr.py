@@ -1,4 +1,7 @@
 """Weight decay as an LR schedule (paper §1.1-1.2): recorded norms, lr_correction, norm_schedule, references."""
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -8,7 +11,7 @@ from normrepro.models import build_model, scale_invariant_layers
 from normrepro.norms import norm_factory
 from normrepro.optim.wd_lr import ScaleInvariantSGD
 from normrepro.trainer import fit
-from tests.conftest import TINY, compose_cfg
+from tests.helpers.config import REPO, TINY, compose_cfg
 
 ONE_STEP = TINY + ["train.max_steps_per_epoch=1", "train.epochs=3", "optim.schedule.name=constant"]
 
@@ -138,14 +141,9 @@ def test_unknown_mode_names_choices(tmp_path):
 
 def test_run_wd_arms_runs_the_four_arms_in_order(tmp_path):
     """scripts/run_wd_arms.py: the reference first, then the three arms reading it; a table and two plots."""
-    import subprocess
-    import sys
-
-    from tests.conftest import REPO
-
     out = tmp_path / "report"
-    proc = subprocess.run([sys.executable, "scripts/run_wd_arms.py", "--prefix", "wd_lr_digits_vgg11", "--seeds", "0",
-                           "--out", str(out), "--", "train.epochs=2", "train.max_steps_per_epoch=1",
+    proc = subprocess.run([sys.executable, "scripts/run_wd_arms.py", "--experiment", "wd_lr_digits_vgg11",
+                           "--seeds", "0", "--out", str(out), "--", "train.epochs=2", "train.max_steps_per_epoch=1",
                            "dataset.image_size=8", "model.width_mult=0.125", "train.num_threads=1",
                            f"experiment.root={tmp_path / 'runs'}"],
                           cwd=REPO, capture_output=True, text=True, timeout=600)
@@ -153,8 +151,17 @@ def test_run_wd_arms_runs_the_four_arms_in_order(tmp_path):
     for arm in ("wd_on", "wd_off", "lr_correction", "norm_schedule"):
         assert (tmp_path / "runs" / arm / "seed0" / "metrics.json").is_file(), arm
     table = (tmp_path / "report.md").read_text()
-    assert "wd_lr_digits_vgg11_norm_schedule" in table and "90.44" in table  # paper's lr_correction value beside
+    assert "wd_arm=norm_schedule" in table and "90.44" in table  # paper's lr_correction value beside
+    for arm in ("wd_on", "wd_off", "lr_correction", "norm_schedule"):  # each arm's row found its paper cell
+        assert f"wd_arm={arm}` | 1 |" in table and f"wd_lr_vgg11_cifar10: arm={arm} |" in table, arm
     assert (tmp_path / "report_acc.png").stat().st_size > 0 and (tmp_path / "report_weight_norm.png").is_file()
+
+
+def test_run_wd_arms_names_a_missing_experiment():
+    """--prefix is the old spelling of --experiment; an unknown one stops before any run."""
+    proc = subprocess.run([sys.executable, "scripts/run_wd_arms.py", "--prefix", "wd_lr_nowhere"], cwd=REPO,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1 and "error: no experiment wd_lr_nowhere in normrepro/conf/experiment" in proc.stderr
 
 
 def test_reference_interpolation_moves_the_target_within_the_epoch():

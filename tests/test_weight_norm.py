@@ -1,7 +1,6 @@
 """Bounded weight norm (issue 5, docs/paper.md §1.5): BWN, plain WN and BWN with bounded gains on conv layers."""
 import pytest
 import torch
-from conftest import compose_cfg
 from torch import nn
 from torch.nn.utils import parametrize
 
@@ -17,6 +16,8 @@ from normrepro.models.weight_norm import (
 )
 from normrepro.norms import norm_factory
 from normrepro.optim.param_groups import param_groups
+from normrepro.trainer import fit
+from tests.helpers.config import TINY, compose_cfg
 
 
 def tiny(seed=0, norm="mean"):
@@ -154,31 +155,27 @@ def test_wd_policy_classifier_decays_only_fc_with_bwn():
 @pytest.mark.parametrize("norm,kind", [("bwn", "bwn"), ("wn", "wn"), ("bwn_gain", "bwn_gain")])
 def test_norm_configs_compose(norm, kind):
     cfg = compose_cfg([f"norm={norm}"])
-    assert cfg.norm.name == "mean" and cfg.norm.weight_norm == kind
-    layer_opts = {k: v for k, v in cfg.norm.items() if k not in ("name", "sync", "weight_norm")}
+    assert cfg.norm.name == "mean" and cfg.model.weight_norm == kind
+    layer_opts = {k: v for k, v in cfg.norm.items() if k != "name"}
     norm_factory(cfg.norm.name, **layer_opts)(4)  # the options are valid for the mean-only layer
-    assert compose_cfg(["norm=l2"]).norm.get("weight_norm", "none") == "none"
+    assert compose_cfg(["norm=l2"]).model.weight_norm == "none"
 
 
 def test_experiment_configs_compose():
     cfg = compose_cfg(["experiment=bwn_imagenet_resnet50"])
     assert cfg.experiment.name == "bwn_imagenet_resnet50" and cfg.experiment.table == "bwn_resnet50"
-    assert (cfg.dataset.name, cfg.model.name, cfg.norm.weight_norm) == ("imagenet", "resnet50", "bwn")
+    assert (cfg.dataset.name, cfg.model.name, cfg.model.weight_norm) == ("imagenet", "resnet50", "bwn")
     assert (cfg.train.epochs, cfg.train.batch_size, cfg.train.grad_clip) == (90, 256, 5.0)
     assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.wd_policy) == (0.2, 1e-4, "classifier")
     assert list(cfg.optim.schedule.milestones) == [30, 60]
     cfg = compose_cfg(["experiment=bwn_digits", "norm=wn"])
-    assert (cfg.dataset.name, cfg.model.name, cfg.norm.weight_norm) == ("digits", "resnet20", "wn")
+    assert (cfg.dataset.name, cfg.model.name, cfg.model.weight_norm) == ("digits", "resnet20", "wn")
     assert cfg.optim.wd_policy == "classifier" and cfg.train.grad_clip == 5.0
 
 
 @pytest.mark.parametrize("kind", ["bwn", "wn", "bwn_gain"])
 def test_trainer_resume_restores_parametrized_weights_exactly(tmp_path, kind):
     """A run stopped after epoch 1 and resumed ends exactly where an uninterrupted run does."""
-    from conftest import TINY
-
-    from normrepro.trainer import fit
-
     common = TINY + [f"norm={kind}", "optim.schedule.name=constant"]
     full = fit(compose_cfg(common + ["train.epochs=2"]), tmp_path / "full")
     fit(compose_cfg(common + ["train.epochs=1"]), tmp_path / "resumed")
