@@ -61,9 +61,11 @@ class DynamicLossScaler:
         self.total_steps = 0
 
     def get_scale(self) -> float:
+        """The current loss scale S."""
         return self._scale
 
     def scale(self, loss: torch.Tensor) -> torch.Tensor:
+        """loss · S (loss unchanged when disabled)."""
         return loss * self._scale if self.enabled else loss
 
     def attach_master_weights(self, optimizer: torch.optim.Optimizer) -> None:
@@ -81,6 +83,7 @@ class DynamicLossScaler:
 
     @torch.no_grad()
     def unscale_(self, optimizer: torch.optim.Optimizer) -> None:
+        """Divide the gradients by S (into the fp32 masters first, if any); note whether any is inf/nan."""
         if self._unscaled:
             return
         for p, m in self.pairs:
@@ -108,6 +111,7 @@ class DynamicLossScaler:
         return True
 
     def update(self) -> None:
+        """S ← S·backoff after a skipped step; S ← S·growth after ``growth_interval`` finite steps."""
         if self.enabled:
             if self._found_inf:
                 self._scale = max(self._scale * self.backoff_factor, 2.0 ** -24)
@@ -120,10 +124,12 @@ class DynamicLossScaler:
         self._unscaled = False
 
     def state_dict(self) -> dict:
+        """Scale, growth tracker, step counts and the fp32 masters (for checkpoints)."""
         return {"scale": self._scale, "growth_tracker": self._growth_tracker, "skipped_steps": self.skipped_steps,
                 "total_steps": self.total_steps, "masters": [m.detach().clone() for _, m in self.pairs]}
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore ``state_dict()``; a different number of master weights is a ValueError."""
         self._scale = float(state["scale"])
         self._growth_tracker = int(state["growth_tracker"])
         self.skipped_steps = int(state.get("skipped_steps", 0))
@@ -143,6 +149,7 @@ class _GradScalerStats(torch.amp.GradScaler):
     total_steps = 0
 
     def update(self, new_scale=None):
+        """torch's update, counting a decreased scale as a skipped step."""
         before = self.get_scale() if self.is_enabled() else None
         super().update(new_scale)
         if self.is_enabled():
@@ -150,9 +157,11 @@ class _GradScalerStats(torch.amp.GradScaler):
             self.skipped_steps += int(self.get_scale() < before)
 
     def state_dict(self):
+        """torch's state plus the step counts."""
         return {**super().state_dict(), "skipped_steps": self.skipped_steps, "total_steps": self.total_steps}
 
     def load_state_dict(self, state):
+        """Restore ``state_dict()`` (torch's part only when present: a disabled scaler saves none)."""
         state = dict(state)
         self.skipped_steps = int(state.pop("skipped_steps", 0))
         self.total_steps = int(state.pop("total_steps", 0))

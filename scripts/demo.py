@@ -19,6 +19,7 @@ EPOCHS = int(os.environ.get("DEMO_EPOCHS", "8"))
 
 
 def main() -> None:
+    """Run the sweep, aggregate it, plot the curves, print the table."""
     if SWEEP.exists():
         shutil.rmtree(SWEEP)
     cmd = [sys.executable, "train.py", "-m", "norm=l2,l1,linf,topk", "seed=0,1,2", "dataset=digits",
