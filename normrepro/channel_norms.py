@@ -70,7 +70,7 @@ def load_reference(run_dir: str | Path, layers: dict[str, int], epochs: int) -> 
         raise ConfigError(f"optim.reference={str(run_dir)!r}: no {WEIGHT_NORMS_NAME} there; train the wd_on "
                           f"reference run first (scripts/run_wd_arms.py does it in order)")
     try:
-        ref = torch.load(path, map_location="cpu", weights_only=False)
+        ref = torch.load(path, map_location="cpu", weights_only=True)
         ref_layers, norms = dict(ref["layers"]), list(ref["norms"])
     except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
         raise ConfigError(f"optim.reference: cannot read {str(path)!r} ({type(e).__name__})") from None

@@ -123,6 +123,23 @@ def test_missing_reference_is_a_clear_error(tmp_path):
         fit(compose_cfg(ONE_STEP + ["optim.mode=norm_schedule"]), tmp_path / "run2")
 
 
+class _Payload:
+    """An arbitrary pickled object: unpickling it would run its ``__setstate__``."""
+    unpickled = False
+
+    def __setstate__(self, state):
+        type(self).unpickled = True
+
+
+def test_reference_file_is_not_unpickled(tmp_path):
+    (tmp_path / "ref").mkdir()
+    torch.save({"layers": {}, "norms": [], "payload": _Payload()}, tmp_path / "ref" / WEIGHT_NORMS_NAME)
+    cfg = compose_cfg(ONE_STEP + ["optim.mode=lr_correction", f"optim.reference={tmp_path / 'ref'}"])
+    with pytest.raises(ConfigError, match="optim.reference: cannot read"):
+        fit(cfg, tmp_path / "run")
+    assert not _Payload.unpickled
+
+
 def test_reference_with_other_architecture_is_a_clear_error(tmp_path):
     fit(compose_cfg(ONE_STEP + ["train.epochs=1"]), tmp_path / "ref")
     cfg = compose_cfg(ONE_STEP + ["model.width=8", "optim.mode=lr_correction", f"optim.reference={tmp_path / 'ref'}"])
