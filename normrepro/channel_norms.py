@@ -36,6 +36,7 @@ class WeightNormRecorder:
         self.norms: list[dict[str, torch.Tensor]] = []
 
     def record(self) -> dict[str, torch.Tensor]:
+        """Append and return ‖w_c‖ of every layer now (an epoch boundary), on the CPU."""
         norms = {name: channel_norms(m.weight.detach()).cpu() for name, m in self.layers}
         self.norms.append(norms)
         return norms
@@ -50,12 +51,15 @@ class WeightNormRecorder:
                 "eff_lr": {name: lr * norms[name].numel() / t if t > 0 else float("inf") for name, t in total.items()}}
 
     def state(self) -> dict:
+        """``{"layers": {name: channels}, "norms": [...]}``: the content of weight_norms.pt."""
         return {"layers": {name: int(m.weight.shape[0]) for name, m in self.layers}, "norms": self.norms}
 
     def save(self) -> None:
+        """Write ``state()`` to the recorder's path atomically."""
         atomic_torch_save(self.state(), self.path)
 
     def load_state(self, state: dict) -> None:
+        """Continue from ``state()`` of a checkpoint (resume)."""
         self.norms = list(state["norms"])
 
 

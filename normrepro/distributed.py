@@ -21,6 +21,7 @@ _RENDEZVOUS = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 @dataclass
 class DistInfo:
+    """This process's rank, world size, local rank and device (one process: rank 0 of 1)."""
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
@@ -28,10 +29,12 @@ class DistInfo:
 
     @property
     def enabled(self) -> bool:
+        """More than one process (DDP)."""
         return self.world_size > 1
 
     @property
     def is_main(self) -> bool:
+        """Rank 0: the process that writes metrics, checkpoints and logs."""
         return self.rank == 0
 
 
@@ -70,16 +73,19 @@ def init_distributed(device: torch.device) -> DistInfo:
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """``t`` summed over all processes in place (unchanged without a process group)."""
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(t)
     return t
 
 
 def barrier() -> None:
+    """Wait for every process (no-op without a process group)."""
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
 
 
 def cleanup() -> None:
+    """Leave the process group, if any."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

@@ -18,16 +18,22 @@ class NullLogger:
     """Logs nothing."""
 
     def log_epoch(self, row: dict) -> None:
+        """Log one epoch's metrics row."""
         pass
 
     def log_final(self, final: dict) -> None:
+        """Log the run's final summary."""
         pass
 
     def finish(self, status: str) -> None:
+        """End the run with ``status`` (completed | diverged)."""
         pass
 
 
 class WandbLogger(NullLogger):
+    """One W&B run per training run: the resolved config, every epoch row, the final summary (offline without
+    credentials)."""
+
     def __init__(self, cfg, resolved: dict, run_dir: Path):
         import wandb
 
@@ -42,13 +48,16 @@ class WandbLogger(NullLogger):
         self.run.define_metric("*", step_metric="epoch")
 
     def log_epoch(self, row: dict) -> None:
+        """Log one epoch's metrics row (step metric: epoch)."""
         self.run.log(dict(row))
 
     def log_final(self, final: dict) -> None:
+        """The final summary as ``final/<key>`` in the W&B summary."""
         for k, v in final.items():
             self.run.summary[f"final/{k}"] = v
 
     def finish(self, status: str) -> None:
+        """Record ``status`` and finish the W&B run (exit code 1 unless completed)."""
         self.run.summary["status"] = status
         self.run.finish(exit_code=0 if status == "completed" else 1)
 
@@ -59,6 +68,7 @@ def _has_netrc_key() -> bool:
 
 
 def build_logger(cfg, resolved: dict, run_dir, rank: int = 0):
+    """The logger of config group ``logger`` (none | wandb); ranks other than 0 log nothing."""
     name = cfg.get("name", "none")
     if name not in LOGGERS:
         raise choice_error("logger", name, LOGGERS)

@@ -105,31 +105,10 @@ class MinimalLoop:
         return time.perf_counter() - t0
 
 
-class _HookLogger:
-    """A logger whose ``log_epoch`` calls ``hook(row)``: lets other loops run between fit()'s epochs."""
-
-    def __init__(self, hook):
-        self.hook = hook
-
-    def log_epoch(self, row):
-        self.hook(row)
-
-    def log_final(self, final):
-        pass
-
-    def finish(self, status):
-        pass
-
-
 def run_fit(cfg, hook):
     """``trainer.fit(cfg)`` in a temporary run dir with ``hook(row)`` after every epoch; returns the result."""
-    saved_logger = trainer.build_logger
-    trainer.build_logger = lambda *a, **k: _HookLogger(hook)
-    try:
-        with tempfile.TemporaryDirectory() as run_dir:
-            return trainer.fit(cfg, run_dir)
-    finally:
-        trainer.build_logger = saved_logger
+    with tempfile.TemporaryDirectory() as run_dir:
+        return trainer.fit(cfg, run_dir, on_epoch=hook)
 
 
 def bench_model(model, norms, compile_, args, device):

@@ -31,6 +31,7 @@ SETTINGS = {"normalized": [], "raw": ["dataset.mean=[0.0]", "dataset.std=[0.0039
 
 
 def run(arm, setting, seed, epochs, out, extra=()) -> Path:
+    """Train one (arm, input setting, seed) through train.py; returns its run dir."""
     run_dir = out / "runs" / setting / arm.split(" (")[0].replace(" ", "_") / f"seed{seed}"
     cmd = [sys.executable, "train.py", "experiment=fp16_digits", *ARMS[arm], *SETTINGS[setting], f"seed={seed}",
            f"train.epochs={epochs}", "train.progress=false", f"hydra.run.dir={run_dir}", *extra]
@@ -40,6 +41,7 @@ def run(arm, setting, seed, epochs, out, extra=()) -> Path:
 
 
 def summarize(metrics: dict) -> dict:
+    """The table's columns of one run's metrics.json."""
     rows = metrics["epochs"]
     last = rows[-1] if rows else {}
     dev = last.get("max_abs_dev") or {}
@@ -50,6 +52,7 @@ def summarize(metrics: dict) -> dict:
 
 
 def plot(results, path):
+    """Test accuracy and the largest |x - mu| per epoch, one column per input setting."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -80,6 +83,7 @@ def plot(results, path):
 
 
 def main(argv=None) -> int:
+    """Train every arm x setting x seed, then write the table and the figure."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--seeds", default="0")

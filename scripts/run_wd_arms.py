@@ -1,13 +1,14 @@
-"""Run the four WD/LR arms of an experiment family in order (the wd_on reference first), then aggregate.
+"""Run the four WD/LR arms of an experiment in order (the wd_on reference first), then aggregate.
 
-    python scripts/run_wd_arms.py --prefix wd_lr_cifar10_vgg11 --seeds 0,1,2          # the paper's setting
-    python scripts/run_wd_arms.py --prefix wd_lr_digits_vgg11 --seeds 0,1,2 --jobs 2  # CPU-sized version
+    python scripts/run_wd_arms.py --experiment wd_lr_cifar10_vgg11 --seeds 0,1,2          # the paper's setting
+    python scripts/run_wd_arms.py --experiment wd_lr_digits_vgg11 --seeds 0,1,2 --jobs 2  # CPU-sized version
 
-Experiments ``<prefix>_{wd_on,wd_off,lr_correction,norm_schedule}`` must exist in normrepro/conf/experiment. Runs
-land in ``<experiment.root>/<arm>/seed<seed>`` (lr_correction and norm_schedule read
-``wd_on/seed<seed>/weight_norms.pt``); an interrupted family resumes from its checkpoints when run again. Writes
-``<out>.md/.csv`` (report, paper's numbers beside ours) and ``<out>_acc.png`` and ``<out>_weight_norm.png``
-(test accuracy and the scale-invariant weights' norm per epoch). Extra arguments after ``--`` are passed to every run
+Stage 1 trains ``experiment=<name> wd_arm=wd_on``, stage 2 the arms wd_off, lr_correction and norm_schedule (config
+group ``wd_arm``; ``--prefix`` is the old spelling of ``--experiment``). Runs land in
+``<experiment.root>/<arm>/seed<seed>`` (lr_correction and norm_schedule read ``wd_on/seed<seed>/weight_norms.pt``);
+an interrupted experiment resumes from its checkpoints when run again. Writes ``<out>.md/.csv`` (report, paper's
+numbers beside ours), ``<out>_acc.png`` and ``<out>_weight_norm.png`` (test accuracy and the scale-invariant
+weights' norm per epoch). Extra arguments after ``--`` are passed to every run
 (e.g. ``-- train.epochs=8``).
 """
 from __future__ import annotations
@@ -19,26 +20,26 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 ARMS = ("wd_on", "wd_off", "lr_correction", "norm_schedule")
+STAGES = (ARMS[:1], ARMS[1:])  # the reference first; the other arms read it
 
 
 def main(argv=None) -> int:
+    """Parse the arguments, run the two stages, write the report and plots."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--prefix", required=True, help="experiment family, e.g. wd_lr_digits_vgg11")
+    p.add_argument("--experiment", "--prefix", dest="experiment", required=True,
+                   help="a WD/LR experiment of normrepro/conf/experiment, e.g. wd_lr_digits_vgg11")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--jobs", type=int, default=1, help="parallel jobs (Hydra joblib launcher) within a stage")
-    p.add_argument("--out", help="report path without suffix (default results/<prefix>)")
+    p.add_argument("--out", help="report path without suffix (default results/<experiment>)")
     p.add_argument("extra", nargs="*", help="overrides for every run (after --)")
     args = p.parse_args(argv)
-    experiments = REPO / "normrepro" / "conf" / "experiment"
-    missing = [a for a in ARMS if not (experiments / f"{args.prefix}_{a}.yaml").is_file()]
-    if missing:
-        sys.exit(f"error: no experiment {args.prefix}_{missing[0]} in normrepro/conf/experiment "
-                 f"(expected {', '.join(args.prefix + '_' + a for a in ARMS)})")
+    if not (REPO / "normrepro" / "conf" / "experiment" / f"{args.experiment}.yaml").is_file():
+        sys.exit(f"error: no experiment {args.experiment} in normrepro/conf/experiment")
     launcher = ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={args.jobs}", "train.num_threads=1"] \
         if args.jobs > 1 else []
-    common = [f"seed={args.seeds}", "train.progress=false", *launcher, *args.extra]
-    for stage in ([f"experiment={args.prefix}_{arm}"] for arm in ARMS):  # wd_on (the reference) first
-        cmd = [sys.executable, "train.py", "-m", *stage, *common]
+    common = [f"experiment={args.experiment}", f"seed={args.seeds}", "train.progress=false", *launcher, *args.extra]
+    for arms in STAGES:
+        cmd = [sys.executable, "train.py", "-m", f"wd_arm={','.join(arms)}", *common]
         print("+", " ".join(cmd[1:]), flush=True)
         subprocess.run(cmd, cwd=REPO, check=True)
 
@@ -50,10 +51,10 @@ def main(argv=None) -> int:
     from normrepro.report.plots import plot_curves
 
     with initialize_config_dir(config_dir=str(REPO / "normrepro" / "conf"), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[f"experiment={args.prefix}_wd_on", *(
+        cfg = compose(config_name="config", overrides=[f"experiment={args.experiment}", *(
             o for o in args.extra if not o.lstrip("+~").startswith("hydra"))])
     root = REPO / OmegaConf.select(cfg, "experiment.root")
-    out = Path(args.out) if args.out else REPO / "results" / args.prefix
+    out = Path(args.out) if args.out else REPO / "results" / args.experiment
     dirs = [str(d) for d in sorted(root.glob("*/seed*"))]
     groups = write_report(dirs, out, table=OmegaConf.select(cfg, "experiment.table")).groups
     plot_curves(groups, out.with_name(out.name + "_acc.png"), key="test_acc", logy=False,

@@ -1,7 +1,4 @@
 """Data: deterministic in-memory loaders, CIFAR/ImageNet read from files in their real on-disk formats."""
-import pickle
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -12,9 +9,10 @@ from PIL import Image
 from normrepro.data import DATASET_NAMES, InMemoryLoader, batch_crop, build_data
 from normrepro.data.sources import CIFAR_MEAN, CIFAR_STD, make_synthetic
 from normrepro.errors import ConfigError
+from tests.helpers.config import CONF, dataset_cfg
+from tests.helpers.data import write_cifar, write_imagenet
 
 CPU = torch.device("cpu")
-CONF = Path(__file__).resolve().parents[1] / "normrepro" / "conf" / "dataset"
 
 
 @pytest.fixture(autouse=True)
@@ -42,7 +40,7 @@ def unnormalize(x, mean, std):
 
 
 def test_digits_shapes_split_and_determinism():
-    b = build_data({"name": "digits", "image_size": 12}, 64, 100, CPU, seed=3)
+    b = build_data(dataset_cfg("digits", image_size=12), 64, 100, CPU, seed=3)
     assert (b.num_classes, b.in_channels, b.image_size, b.name) == (10, 1, 12, "digits")
     assert (b.num_train, b.num_test) == (1437, 360)
     x, y = next(iter(b.train))
@@ -50,10 +48,10 @@ def test_digits_shapes_split_and_determinism():
     assert len(b.train) == 1437 // 64 and len(b.test) == 4 and len(batches(b.test, 0)[-1][1]) == 60
     e1 = batches(b.train, 1)
     assert len(e1) == len(b.train) and all(len(yy) == 64 for _, yy in e1)  # last partial batch dropped
-    again = build_data({"name": "digits", "image_size": 12}, 64, 100, CPU, seed=3)
+    again = build_data(dataset_cfg("digits", image_size=12), 64, 100, CPU, seed=3)
     assert same(e1, batches(again.train, 1))
     assert not torch.equal(e1[0][0], batches(b.train, 2)[0][0])
-    other_seed = build_data({"name": "digits", "image_size": 12}, 64, 100, CPU, seed=4)
+    other_seed = build_data(dataset_cfg("digits", image_size=12), 64, 100, CPU, seed=4)
     assert not torch.equal(e1[0][1], batches(other_seed.train, 1)[0][1])
     assert same(batches(b.test, 0), batches(other_seed.test, 5))  # fixed split, no shuffle, no augmentation
     xt = torch.cat([x for x, _ in b.test])  # normalized with the training split's statistics
@@ -61,7 +59,7 @@ def test_digits_shapes_split_and_determinism():
 
 
 def test_digits_options():
-    b = build_data({"name": "digits", "image_size": 8, "channels": 3, "drop_last": False}, 500, 500, CPU, 0)
+    b = build_data(dataset_cfg("digits", image_size=8, in_channels=3, drop_last=False), 500, 500, CPU, 0)
     assert b.in_channels == 3 and len(b.train) == 3
     x, _ = next(iter(b.test))
     assert x.shape == (360, 3, 8, 8) and torch.equal(x[:, 0], x[:, 2])
@@ -134,8 +132,8 @@ def test_loader_augmentation_is_a_padded_shifted_copy():
 
 
 def test_synthetic_is_deterministic_and_learnable():
-    cfg = {"name": "synthetic", "num_train": 400, "num_test": 200, "image_size": 8, "in_channels": 3,
-           "num_classes": 4, "pad": 0, "flip": False}
+    cfg = dataset_cfg("synthetic", num_train=400, num_test=200, image_size=8, in_channels=3, num_classes=4, pad=0,
+                      flip=False)
     a, b = build_data(cfg, 400, 200, CPU, seed=0), build_data(cfg, 400, 200, CPU, seed=0)
     (xa, ya), (xb, yb) = next(iter(a.train)), next(iter(b.train))
     assert torch.equal(xa, xb) and torch.equal(ya, yb) and ya.bincount().tolist() == [100] * 4
@@ -153,51 +151,16 @@ def test_synthetic_is_deterministic_and_learnable():
 
 
 def test_synthetic_imagenet_shape_is_quick():
-    cfg = OmegaConf.load(CONF / "synthetic_imagenet.yaml")
-    cfg.num_train, cfg.num_test = 64, 16
+    cfg = dataset_cfg("synthetic_imagenet", num_train=64, num_test=16)
     b = build_data(cfg, 32, 16, CPU, 0)
     assert (b.num_classes, b.in_channels, b.image_size, len(b.train)) == (10, 3, 224, 2)
     assert next(iter(b.train))[0].shape == (32, 3, 224, 224)
 
 
-def write_cifar(root, name, n_train, n_test, bytes_keys=True):
-    """Tiny CIFAR files in the real python-pickle format (keys as bytes, like ``pickle.load(encoding='bytes')``
-    shows the originals, or str like torchvision's ``latin1`` load): returns {file: (data N x 3072, labels)}."""
-    rng = np.random.default_rng(0)
-    if name == "cifar10":
-        folder, key = root / "cifar-10-batches-py", "labels"
-        files = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
-        meta = ("batches.meta", {"label_names": [f"c{i}" for i in range(10)], "num_vis": 3072})
-    else:
-        folder, files, key = root / "cifar-100-python", ["train", "test"], "fine_labels"
-        meta = ("meta", {"fine_label_names": [f"f{i}" for i in range(100)],
-                         "coarse_label_names": [f"c{i}" for i in range(20)]})
-    folder.mkdir(parents=True)
-    k = 10 if name == "cifar10" else 100
-    enc = (lambda d: {s.encode(): v for s, v in d.items()}) if bytes_keys else (lambda d: d)
-    written, start = {}, 0
-    for f in files:
-        n = n_test if "test" in f else n_train
-        data = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
-        data[:, 0] = np.arange(start, start + n) % 256  # red top-left pixel = running index: identifies the image
-        start += n
-        labels = rng.integers(0, k, n).tolist()
-        entry = {"batch_label": f"batch {f}", "data": data, key: labels, "filenames": [f"{i}.png" for i in range(n)]}
-        if name == "cifar100":
-            entry["coarse_labels"] = [lab // 5 for lab in labels]
-        with open(folder / f, "wb") as fh:
-            pickle.dump(enc(entry), fh)
-        written[f] = (data, labels)
-    with open(folder / meta[0], "wb") as fh:
-        pickle.dump(enc(meta[1]), fh)
-    return written
-
-
 @pytest.mark.parametrize("name,bytes_keys", [("cifar10", True), ("cifar100", True), ("cifar10", False)])
 def test_cifar_real_format_round_trip(tmp_path, name, bytes_keys):
     written = write_cifar(tmp_path, name, 4, 3, bytes_keys)
-    cfg = OmegaConf.load(CONF / f"{name}.yaml")
-    cfg.root, cfg.pad, cfg.flip = str(tmp_path), 0, False
+    cfg = dataset_cfg(name, root=str(tmp_path), pad=0, flip=False)
     b = build_data(cfg, 2, 100, CPU, seed=0)
     assert (b.num_train, b.num_test, b.in_channels, b.image_size) == (20 if name == "cifar10" else 4, 3, 3, 32)
     assert b.num_classes == (10 if name == "cifar10" else 100)
@@ -221,41 +184,32 @@ def test_cifar_real_format_round_trip(tmp_path, name, bytes_keys):
 
 def test_cifar_augmentation_defaults(tmp_path):
     write_cifar(tmp_path, "cifar10", 10, 2)
-    b = build_data({"name": "cifar10", "root": str(tmp_path)}, 50, 2, CPU, 0)
+    b = build_data(dataset_cfg("cifar10", root=str(tmp_path)), 50, 2, CPU, 0)
     assert (b.train.pad, b.train.flip, b.test.pad, b.test.flip) == (4, True, 0, False)
 
 
 def test_missing_data_names_path(tmp_path):
     with pytest.raises(ConfigError, match=f"CIFAR-10 not found under '{tmp_path}' \\(expected cifar-10-batches-py/"):
-        build_data({"name": "cifar10", "root": str(tmp_path)}, 2, 2, CPU, 0)
+        build_data(dataset_cfg("cifar10", root=str(tmp_path)), 2, 2, CPU, 0)
     with pytest.raises(ConfigError, match=f"CIFAR-100 not found under '{tmp_path / 'x'}'.*dataset.download=true"):
-        build_data({"name": "cifar100", "root": str(tmp_path / "x")}, 2, 2, CPU, 0)
+        build_data(dataset_cfg("cifar100", root=str(tmp_path / "x")), 2, 2, CPU, 0)
     write_cifar(tmp_path, "cifar10", 2, 2)
     (tmp_path / "cifar-10-batches-py" / "data_batch_3").unlink()
     with pytest.raises(ConfigError, match="lacks data_batch_3"):
-        build_data({"name": "cifar10", "root": str(tmp_path)}, 2, 2, CPU, 0)
+        build_data(dataset_cfg("cifar10", root=str(tmp_path)), 2, 2, CPU, 0)
     (tmp_path / "cifar-10-batches-py" / "data_batch_3").write_bytes(b"truncated")
     with pytest.raises(ConfigError, match="could not read CIFAR batch .*data_batch_3"):
-        build_data({"name": "cifar10", "root": str(tmp_path)}, 2, 2, CPU, 0)
+        build_data(dataset_cfg("cifar10", root=str(tmp_path)), 2, 2, CPU, 0)
     with pytest.raises(ConfigError, match=f"ImageNet folder '{tmp_path / 'train'}' not found"):
-        build_data({"name": "imagenet", "root": str(tmp_path)}, 2, 2, CPU, 0)
+        build_data(dataset_cfg("imagenet", root=str(tmp_path)), 2, 2, CPU, 0)
     with pytest.raises(ConfigError, match="unknown dataset 'mnist'; choose one of: cifar10, cifar100, digits"):
         build_data({"name": "mnist"}, 2, 2, CPU, 0)
     assert set(DATASET_NAMES) == {"digits", "mnist5k", "synthetic", "cifar10", "cifar100", "imagenet"}
 
 
-def write_imagenet(root, n_train=4, n_val=2, classes=("n01", "n02"), size=(40, 48)):
-    rng = np.random.default_rng(0)
-    for split, n in (("train", n_train), ("val", n_val)):
-        for cls in classes:
-            (root / split / cls).mkdir(parents=True)
-            for i in range(n):
-                Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(root / split / cls / f"{i}.JPEG")
-
-
 def test_imagenet_folder_layout(tmp_path):
     write_imagenet(tmp_path)
-    cfg = {"name": "imagenet", "root": str(tmp_path), "image_size": 32, "num_workers": 0}
+    cfg = dataset_cfg("imagenet", root=str(tmp_path), image_size=32, num_workers=0)
     b = build_data(cfg, 4, 4, CPU, 0)
     assert (b.num_classes, b.in_channels, b.image_size, b.num_train, b.num_test) == (2, 3, 32, 8, 4)
     assert (len(b.train), len(b.test)) == (2, 1)
@@ -269,7 +223,8 @@ def test_imagenet_folder_layout(tmp_path):
     shards = [build_data(cfg, 2, 4, CPU, 0, rank=r, world_size=2) for r in range(2)]
     assert [torch.cat([yy for _, yy in batches(s.test, 0)]).tolist() for s in shards] == [[0, 1], [0, 1]]
     assert all(len(s.train) == 2 for s in shards)
-    workers = build_data({**cfg, "num_workers": 1}, 4, 4, CPU, 0)  # augmentation seeded per image, not per worker
+    # augmentation seeded per image, not per worker
+    workers = build_data(dataset_cfg("imagenet", root=str(tmp_path), image_size=32, num_workers=1), 4, 4, CPU, 0)
     assert same(batches(b.train, 1), batches(workers.train, 1)) and same(batches(b.test, 0), batches(workers.test, 0))
 
 
@@ -277,12 +232,23 @@ def test_imagenet_val_must_be_in_class_folders(tmp_path):
     write_imagenet(tmp_path, n_val=0)
     Image.new("RGB", (8, 8)).save(tmp_path / "val" / "flat.JPEG")
     with pytest.raises(ConfigError, match="has no images in <class>/ subfolders"):
-        build_data({"name": "imagenet", "root": str(tmp_path), "num_workers": 0}, 2, 2, CPU, 0)
+        build_data(dataset_cfg("imagenet", root=str(tmp_path), num_workers=0), 2, 2, CPU, 0)
 
 
 def test_dataset_configs_have_the_shared_keys():
-    for path in sorted(CONF.glob("*.yaml")):
+    for path in sorted((CONF / "dataset").glob("*.yaml")):
         cfg = OmegaConf.load(path)
         assert cfg.name in DATASET_NAMES and {"num_classes", "image_size", "in_channels"} <= set(cfg), path.name
-    digits = build_data(OmegaConf.load(CONF / "digits.yaml"), 128, 512, CPU, 0)
+    digits = build_data(dataset_cfg("digits"), 128, 512, CPU, 0)
     assert (digits.image_size, digits.in_channels, digits.train.pad, digits.train.flip) == (16, 1, 2, False)
+
+
+def test_dataset_options_come_from_the_yaml_alone():
+    """build_data has no defaults of its own: a key the YAML does not set is a ConfigError naming it."""
+    cfg = dataset_cfg("digits")
+    del cfg["pad"]
+    with pytest.raises(ConfigError, match=r"dataset.pad is not set \(normrepro/conf/dataset/digits.yaml"):
+        build_data(cfg, 128, 512, CPU, 0)
+    for name in ("cifar10", "cifar100"):  # the paper's normalization (docs/paper.md §2)
+        cfg = dataset_cfg(name)
+        assert (tuple(cfg.mean), tuple(cfg.std)) == (CIFAR_MEAN, CIFAR_STD)

@@ -8,7 +8,7 @@ import pytest
 
 from normrepro.errors import ConfigError
 from normrepro.trainer import fit
-from tests.conftest import REPO, TINY, compose_cfg
+from tests.helpers.config import REPO, TINY, compose_cfg
 
 RUN = TINY + ["train.epochs=2", "train.num_threads=1", "optim.schedule.name=constant", "deterministic=true"]
 
@@ -23,7 +23,7 @@ def _torchrun(args, tmp_path, nproc=2):
 def test_torchrun_two_processes_match_one(tmp_path, norm):
     over = RUN + [f"norm={norm}"]
     single = fit(compose_cfg(over), tmp_path / "single")
-    proc = _torchrun([*over, "norm.sync=true", f"hydra.run.dir={tmp_path / 'ddp'}"], tmp_path)
+    proc = _torchrun([*over, "train.sync_norms=true", f"hydra.run.dir={tmp_path / 'ddp'}"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ddp = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
     assert ddp["status"] == "completed" and ddp["env"]["world_size"] == 2
@@ -34,7 +34,7 @@ def test_torchrun_two_processes_match_one(tmp_path, norm):
         assert b["test_acc"] == pytest.approx(a["test_acc"], abs=0.3)  # eval gathered over both ranks
     assert (tmp_path / "ddp" / "last.ckpt").exists()
     # resume: a third epoch continues from rank 0's checkpoint on both ranks
-    proc = _torchrun([*over, "norm.sync=true", "train.epochs=3", f"hydra.run.dir={tmp_path / 'ddp'}"], tmp_path)
+    proc = _torchrun([*over, "train.sync_norms=true", "train.epochs=3", f"hydra.run.dir={tmp_path / 'ddp'}"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ddp = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
     assert [r["epoch"] for r in ddp["epochs"]] == [1, 2, 3]
@@ -53,7 +53,7 @@ def test_batch_not_divisible_by_world_size(tmp_path):
 
 def test_sync_without_process_group_is_a_clear_error(tmp_path):
     with pytest.raises(ConfigError, match="needs a process group"):
-        fit(compose_cfg(TINY + ["norm.sync=true"]), tmp_path)
+        fit(compose_cfg(TINY + ["train.sync_norms=true"]), tmp_path)
 
 
 def test_missing_rendezvous_is_a_clear_error(tmp_path, monkeypatch):

@@ -2,14 +2,13 @@
 import math
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from normrepro.errors import ConfigError
 from normrepro.experiments import fp16_probe as P
+from tests.helpers.config import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 SHAPE = (32, 8, 4, 4)  # n = 512 values per channel
 
 

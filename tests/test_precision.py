@@ -5,9 +5,16 @@ import pytest
 import torch
 
 from normrepro.errors import ConfigError
-from normrepro.precision import PRECISIONS, DynamicLossScaler, _GradScalerStats, build_precision, scaler_stats
+from normrepro.precision import (
+    PRECISIONS,
+    DynamicLossScaler,
+    _GradScalerStats,
+    build_precision,
+    resolve_stats_dtype,
+    scaler_stats,
+)
 from normrepro.trainer import fit
-from tests.conftest import TINY, compose_cfg
+from tests.helpers.config import TINY, compose_cfg
 
 CASES = [["precision=fp32"], ["precision=amp"], ["precision=bf16"], ["precision=fp16"],
          ["precision=fp16", "precision.master_weights=true", "norm=l1"], ["precision=bf16_pure", "norm=topk"],
@@ -20,7 +27,11 @@ def test_precision_trains_two_steps(tmp_path, overrides):
     out = fit(cfg, tmp_path)
     assert out["status"] == "completed"
     row = out["epochs"][0]
-    assert row["train_images"] == 128 and row["skipped_steps"] >= 0
+    assert row["train_images"] == 128
+    if cfg.precision.name in ("amp", "fp16"):  # loss scaling: each skipped step halved the initial 2^16
+        assert 0 <= row["skipped_steps"] <= 2 and row["loss_scale"] == 2.0 ** (16 - row["skipped_steps"])
+    else:  # no loss scaler: nothing is ever skipped
+        assert (row["skipped_steps"], row["loss_scale"]) == (0, None)
     env = json.loads((tmp_path / "metrics.json").read_text())["env"]
     assert env["precision"] == cfg.precision.name
     expected = {"fp32": ("float32", "input (float32)"), "amp": ("float32", "float32"), "bf16": ("float32", "float32"),
@@ -42,7 +53,7 @@ def test_amp_norm_statistics_dtype_is_explicit(tmp_path):
 
     for norm in ("l2", "l1", "topk"):
         cfg = compose_cfg(TINY + ["precision=amp", f"norm={norm}"])
-        model = build_model_for(cfg, 10, 1, build_precision(cfg.precision, torch.device("cpu")).stats_dtype)
+        model = build_model_for(cfg, 10, 1)
         dtypes = {m.stats_dtype for m in model.modules() if getattr(m, "is_norm_layer", False)}
         assert dtypes == {torch.float32}, (norm, dtypes)
 
@@ -120,10 +131,14 @@ def test_half_unsupported_is_a_clear_error(monkeypatch):
         build_precision(cfg.precision, torch.device("cpu"))
 
 
-def test_bad_stats_dtype_names_choices():
-    cfg = compose_cfg(["precision=amp", "precision.stats_dtype=float8"])
-    with pytest.raises(ConfigError, match="float8.*float32"):
-        build_precision(cfg.precision, torch.device("cpu"))
+def test_bad_stats_dtype_names_choices(tmp_path):
+    for key in ("precision.stats_dtype", "norm.stats_dtype"):
+        cfg = compose_cfg(TINY + ["precision=amp", f"{key}=float8"])
+        with pytest.raises(ConfigError, match=f"{key}.*float8.*float32"):
+            resolve_stats_dtype(cfg.norm, cfg.precision)
+        with pytest.raises(ConfigError, match=f"{key}.*float8.*float32"):
+            fit(cfg, tmp_path)
+        assert not (tmp_path / "metrics.json").exists()
 
 
 def test_skipped_steps_are_logged(tmp_path):

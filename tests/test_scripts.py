@@ -2,7 +2,7 @@
 import subprocess
 import sys
 
-from tests.conftest import REPO
+from tests.helpers.config import REPO
 
 
 def _run(args, timeout=300):

@@ -1,18 +1,20 @@
-"""Experiment configs run one step at tiny size; wandb logs offline; joblib runs sweep jobs in parallel."""
+"""Experiment configs (with each WD/LR arm) run one step at tiny size; wandb logs offline; joblib runs sweep jobs
+in parallel."""
 import json
 import subprocess
 import sys
-from pathlib import Path
 
-import numpy as np
 import pytest
-from conftest import CONF, REPO, TINY, compose_cfg
-from PIL import Image
-from test_data import write_cifar
 
 from normrepro.trainer import fit
+from tests.helpers.config import REPO, TINY, compose_cfg, group_options
+from tests.helpers.data import write_cifar, write_imagenet
 
-EXPERIMENTS = sorted(p.stem for p in (Path(CONF) / "experiment").glob("*.yaml"))
+EXPERIMENTS = [o.split("=", 1)[1] for o in group_options("experiment")]
+ARMS = [o.split("=", 1)[1] for o in group_options("wd_arm")]
+# every experiment; the WD/LR ones (those selecting a wd_arm) with each arm
+COMBINATIONS = [(e, arm) for e in EXPERIMENTS for arm in
+                (ARMS if compose_cfg([f"experiment={e}"]).get("experiment", {}).get("arm") else [None])]
 
 
 def tiny_model_overrides(model_name):
@@ -31,22 +33,17 @@ def tiny_data(cfg, tmp_path):
         write_cifar(tmp_path, name, 8, 8)
         return [f"dataset.root={tmp_path}"]
     if name == "imagenet":
-        rng = np.random.default_rng(0)
-        for split in ("train", "val"):
-            for cls in ("a", "b"):
-                (tmp_path / split / cls).mkdir(parents=True)
-                for i in range(4):
-                    Image.fromarray(rng.integers(0, 256, (36, 36, 3), dtype=np.uint8)).save(
-                        tmp_path / split / cls / f"{i}.JPEG")
+        write_imagenet(tmp_path, n_train=4, n_val=4, classes=("a", "b"), size=(36, 36))
         return [f"dataset.root={tmp_path}", "dataset.image_size=32", "dataset.num_workers=0"]
     return ["dataset.image_size=8"] if name == "digits" else []
 
 
-@pytest.mark.parametrize("experiment", EXPERIMENTS)
-def test_experiment_runs_one_step(experiment, tmp_path):
-    cfg = compose_cfg([f"experiment={experiment}"])
-    assert cfg.experiment.name == experiment
-    over = [f"experiment={experiment}", "train.epochs=1", "train.max_steps_per_epoch=1", "train.batch_size=4",
+@pytest.mark.parametrize("experiment, arm", COMBINATIONS, ids=lambda v: v or "-")
+def test_experiment_runs_one_step(experiment, arm, tmp_path):
+    chosen = [f"experiment={experiment}"] + ([f"wd_arm={arm}"] if arm else [])
+    cfg = compose_cfg(chosen)
+    assert cfg.experiment.name == experiment and cfg.experiment.get("arm") == arm
+    over = [*chosen, "train.epochs=1", "train.max_steps_per_epoch=1", "train.batch_size=4",
             "train.eval_batch_size=64", "train.progress=false", "train.checkpoint=false",
             *tiny_model_overrides(cfg.model.name), *tiny_data(cfg, tmp_path / "data")]
     cfg = compose_cfg(over)

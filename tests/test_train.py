@@ -3,27 +3,14 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
-from conftest import CONF, REPO, TINY, compose_cfg
 
 from normrepro import trainer
 from normrepro.errors import ConfigError
 from normrepro.trainer import fit
-
-
-def group_options():
-    """``group=option`` for every config file below normrepro/conf/ (nested groups too, e.g. hydra/launcher=slurm)."""
-    for f in sorted(Path(CONF).glob("*/**/*.yaml")):
-        yield f"{f.parent.relative_to(CONF).as_posix()}={f.stem}"
-
-
-@pytest.mark.parametrize("override", list(group_options()))
-def test_every_config_composes(override):
-    cfg = compose_cfg([override])
-    assert cfg.model.name and cfg.dataset.name and cfg.norm.name
+from tests.helpers.config import REPO, TINY, compose_cfg
 
 
 def test_digits_run_learns(tmp_path):

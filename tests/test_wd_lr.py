@@ -1,4 +1,8 @@
 """Weight decay as an LR schedule (paper §1.1-1.2): recorded norms, lr_correction, norm_schedule, references."""
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -8,7 +12,7 @@ from normrepro.models import build_model, scale_invariant_layers
 from normrepro.norms import norm_factory
 from normrepro.optim.wd_lr import ScaleInvariantSGD
 from normrepro.trainer import fit
-from tests.conftest import TINY, compose_cfg
+from tests.helpers.config import REPO, TINY, compose_cfg
 
 ONE_STEP = TINY + ["train.max_steps_per_epoch=1", "train.epochs=3", "optim.schedule.name=constant"]
 
@@ -134,6 +138,23 @@ def test_missing_reference_is_a_clear_error(tmp_path):
         fit(compose_cfg(ONE_STEP + ["optim.mode=norm_schedule"]), tmp_path / "run2")
 
 
+class _Payload:
+    """An arbitrary pickled object: unpickling it would run its ``__setstate__``."""
+    unpickled = False
+
+    def __setstate__(self, state):
+        type(self).unpickled = True
+
+
+def test_reference_file_is_not_unpickled(tmp_path):
+    (tmp_path / "ref").mkdir()
+    torch.save({"layers": {}, "norms": [], "payload": _Payload()}, tmp_path / "ref" / WEIGHT_NORMS_NAME)
+    cfg = compose_cfg(ONE_STEP + ["optim.mode=lr_correction", f"optim.reference={tmp_path / 'ref'}"])
+    with pytest.raises(ConfigError, match="optim.reference: cannot read"):
+        fit(cfg, tmp_path / "run")
+    assert not _Payload.unpickled
+
+
 def test_reference_with_other_architecture_is_a_clear_error(tmp_path):
     fit(compose_cfg(ONE_STEP + ["train.epochs=1"]), tmp_path / "ref")
     cfg = compose_cfg(ONE_STEP + ["model.width=8", "optim.mode=lr_correction", f"optim.reference={tmp_path / 'ref'}"])
@@ -166,12 +187,6 @@ def test_unknown_choices_are_named(tmp_path, override, match):
 
 
 def test_cli_bad_correction_is_one_line(tmp_path):
-    import os
-    import subprocess
-    import sys
-
-    from tests.conftest import REPO
-
     proc = subprocess.run([sys.executable, "train.py", *ONE_STEP, "optim.correction=sideways",
                            f"hydra.run.dir={tmp_path}/run"], cwd=REPO, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "HYDRA_FULL_ERROR": "0"})
@@ -182,14 +197,9 @@ def test_cli_bad_correction_is_one_line(tmp_path):
 
 def test_run_wd_arms_runs_the_four_arms_in_order(tmp_path):
     """scripts/run_wd_arms.py: the reference first, then the three arms reading it; a table and two plots."""
-    import subprocess
-    import sys
-
-    from tests.conftest import REPO
-
     out = tmp_path / "report"
-    proc = subprocess.run([sys.executable, "scripts/run_wd_arms.py", "--prefix", "wd_lr_digits_vgg11", "--seeds", "0",
-                           "--out", str(out), "--", "train.epochs=2", "train.max_steps_per_epoch=1",
+    proc = subprocess.run([sys.executable, "scripts/run_wd_arms.py", "--experiment", "wd_lr_digits_vgg11",
+                           "--seeds", "0", "--out", str(out), "--", "train.epochs=2", "train.max_steps_per_epoch=1",
                            "dataset.image_size=8", "model.width_mult=0.125", "train.num_threads=1",
                            f"experiment.root={tmp_path / 'runs'}"],
                           cwd=REPO, capture_output=True, text=True, timeout=600)
@@ -197,8 +207,20 @@ def test_run_wd_arms_runs_the_four_arms_in_order(tmp_path):
     for arm in ("wd_on", "wd_off", "lr_correction", "norm_schedule"):
         assert (tmp_path / "runs" / arm / "seed0" / "metrics.json").is_file(), arm
     table = (tmp_path / "report.md").read_text()
-    assert "wd_lr_digits_vgg11_norm_schedule" in table and "90.44" in table  # paper's lr_correction value beside
+    rows = {line.split(" | ")[0]: line for line in table.splitlines() if line.startswith("| L2 · ")}
+    papers = {"WD on": "90.50", "WD off": "89.22", "LR correction": "90.44", "norm schedule": "90.28"}
+    for label, paper in papers.items():  # each arm's row (one seed) found its paper cell
+        row = rows[f"| L2 · {label}"]
+        assert f"wd_arm={label.lower().replace(' ', '_')}`" in row and row.split(" | ")[1] == "1", row
+        assert f"| {paper} ±0.05" in row, row
     assert (tmp_path / "report_acc.png").stat().st_size > 0 and (tmp_path / "report_weight_norm.png").is_file()
+
+
+def test_run_wd_arms_names_a_missing_experiment():
+    """--prefix is the old spelling of --experiment; an unknown one stops before any run."""
+    proc = subprocess.run([sys.executable, "scripts/run_wd_arms.py", "--prefix", "wd_lr_nowhere"], cwd=REPO,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1 and "error: no experiment wd_lr_nowhere in normrepro/conf/experiment" in proc.stderr
 
 
 def test_reference_interpolation_moves_the_target_within_the_epoch():

@@ -63,6 +63,7 @@ class InMemoryLoader:
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
+        """The epoch whose shuffle and augmentation the next iteration draws (from (seed, epoch))."""
         self.epoch = int(epoch)
 
     def _num_items(self) -> int:

@@ -59,6 +59,7 @@ def init_weights(model: nn.Module) -> None:
 
 
 def build_model(name: str, num_classes: int, norm_layer, in_channels: int = 3, **kwargs) -> nn.Module:
+    """Model ``name`` (one of MODEL_NAMES) with ``norm_layer(num_features)`` norms, initialized by ``init_weights``."""
     if name not in MODELS:
         raise choice_error("model", name, MODEL_NAMES)
     accepted = model_kwargs(name)
@@ -71,6 +72,7 @@ def build_model(name: str, num_classes: int, norm_layer, in_channels: int = 3, *
 
 
 def is_norm_layer(module: nn.Module) -> bool:
+    """True for normalization layers (``normrepro.norms.is_norm_layer``)."""
     from normrepro.norms import is_norm_layer as _is_norm
 
     return _is_norm(module)

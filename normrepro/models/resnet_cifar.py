@@ -11,16 +11,20 @@ from torch import nn
 
 
 def conv3x3(cin, cout, stride=1, bias=False):
+    """A 3x3 convolution with padding 1."""
     return nn.Conv2d(cin, cout, 3, stride, 1, bias=bias)
 
 
 def shortcut(cin, cout, stride, norm_layer):
+    """The identity, or a 1x1 conv + norm projection where the shape changes (option B)."""
     if stride == 1 and cin == cout:
         return nn.Identity()
     return nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), norm_layer(cout))
 
 
 class BasicBlock(nn.Module):
+    """relu(norm(conv3x3(relu(norm(conv3x3(x))))) + shortcut(x))."""
+
     expansion = 1
 
     def __init__(self, cin, planes, stride, norm_layer):
@@ -31,11 +35,14 @@ class BasicBlock(nn.Module):
         self.shortcut = shortcut(cin, planes, stride, norm_layer)
 
     def forward(self, x):
+        """The block's output for ``x`` (N, C, H, W)."""
         out = self.relu(self.bn1(self.conv1(x)))
         return self.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
 
 
 class Bottleneck(nn.Module):
+    """1x1 reduce, 3x3, 1x1 expand (x4), each followed by a norm, + shortcut(x)."""
+
     expansion = 4
 
     def __init__(self, cin, planes, stride, norm_layer):
@@ -48,6 +55,7 @@ class Bottleneck(nn.Module):
         self.shortcut = shortcut(cin, cout, stride, norm_layer)
 
     def forward(self, x):
+        """The block's output for ``x`` (N, C, H, W)."""
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
         return self.relu(self.bn3(self.conv3(out)) + self.shortcut(x))
@@ -72,6 +80,7 @@ class CifarResNet(nn.Module):
         self.fc = nn.Linear(cin, num_classes)
 
     def forward(self, x):
+        """Logits for images ``x`` (N, C, H, W)."""
         x = self.layers(self.relu(self.bn1(self.conv1(x))))
         return self.fc(self.pool(x).flatten(1))
 

@@ -22,10 +22,13 @@ class MaybePool(nn.MaxPool2d):
         super().__init__(2, 2)
 
     def forward(self, x):
+        """``x`` max-pooled 2x2, or unchanged when smaller than 2x2."""
         return x if min(x.shape[-2:]) < 2 else super().forward(x)
 
 
 class VGG(nn.Module):
+    """VGG-``depth``: PLANS[depth] of conv + norm + ReLU and max-pools, global average pool, ``fc``."""
+
     def __init__(self, depth, num_classes, norm_layer, in_channels=3, conv_bias=True, width_mult=1.0):
         super().__init__()
         layers, cin = [], in_channels
@@ -41,4 +44,5 @@ class VGG(nn.Module):
         self.fc = nn.Linear(cin, num_classes)
 
     def forward(self, x):
+        """Logits for images ``x`` (N, C, H, W)."""
         return self.fc(self.pool(self.features(x)).flatten(1))

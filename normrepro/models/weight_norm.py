@@ -5,7 +5,7 @@ docs/paper.md §1.5, §6. For a conv weight with output channels c, ``v_c`` the 
 - ``bwn``:      w_c = rho * v_c / ||v_c||_2, with rho a FIXED per-layer scalar buffer (not learned),
                 rho = mean over output channels of the initial per-channel norm ||w_c^init||_2.
                 Every channel of the effective weight has norm rho, whatever happens to v.
-                ``renorm=True`` (default, ``norm.bwn_renorm``; the authors' convNet.pytorch ``bwn.py``): v is stored
+                ``renorm=True`` (default, ``model.bwn_renorm``; the authors' convNet.pytorch ``bwn.py``): v is stored
                 with unit channels and renormalized in place, v_c <- v_c / ||v_c||, before every training-mode
                 forward (a forward pre-hook, as theirs), so the gradient is taken at ||v_c|| = 1 and an SGD step
                 moves v_c by -lr * rho * (I - v_c v_c^T) dL/dw_c (= -lr * dL/dv_c at the unit direction);
@@ -25,7 +25,7 @@ docs/paper.md §1.5, §6. For a conv weight with output channels c, ``v_c`` the 
                 renormalized there either.
 - ``none``:     nothing.
 
-``init`` (``norm.bwn_init``) says where the initial weight, and so the norm budget rho / ||g0|| and the initial
+``init`` (``model.bwn_init``) says where the initial weight, and so the norm budget rho / ||g0|| and the initial
 direction, comes from:
 
 - ``torch_default`` (default for ``bwn`` and ``bwn_gain``, the authors'): every conv weight is redrawn with
@@ -44,9 +44,9 @@ Only conv layers are parametrized (``nn.modules.conv._ConvNd``: every ``nn.Conv2
 for wn and bwn_gain) plus the buffers (``...weight.0.rho``, ``...weight.0.g0_norm``): a checkpoint restores
 the effective weights exactly into a model built the same way and passed through ``apply_weight_norm``.
 
-Usage (trainer): ``apply_weight_norm(model, cfg.norm.get("weight_norm", "none"), **weight_norm_options(cfg.norm))``
-right after ``build_model`` and before moving the model to its device / dtype; the norm config keys in
-``WEIGHT_NORM_KEYS`` are read here and are not options of the norm layer.
+Usage (trainer): ``apply_weight_norm(model, cfg.model.weight_norm, **weight_norm_options(cfg.model))`` right after
+``build_model`` and before moving the model to its device / dtype. The ``weight_norm`` config group writes these keys
+(``WEIGHT_NORM_KEYS``) into ``model``; they are read here and are not options of the model constructor.
 """
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ from normrepro.errors import ConfigError, choice_error
 
 KINDS = ("none", "bwn", "wn", "bwn_gain")
 INITS = ("torch_default", "he")
-# norm config keys that configure the conv reparametrization (read by ``weight_norm_options``), not the norm layer
+# model config keys that configure the conv reparametrization (read by ``weight_norm_options``), not the model
 WEIGHT_NORM_KEYS = ("weight_norm", "bwn_init", "bwn_renorm")
 # spellings accepted for "none" (YAML false/off/null)
 _NONE_ALIASES = {None, False, "none", "false", "off", "null", ""}
@@ -131,7 +131,7 @@ def _check_kind(kind) -> str:
     if kind is True:  # `weight_norm: true` in YAML = bounded WN
         return "bwn"
     if kind not in KINDS:
-        raise choice_error("norm.weight_norm", kind, KINDS)
+        raise choice_error("model.weight_norm", kind, KINDS)
     return kind
 
 
@@ -140,14 +140,14 @@ def conv_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(n, m) for n, m in model.named_modules() if isinstance(m, nn.modules.conv._ConvNd)]
 
 
-def weight_norm_options(norm_cfg) -> dict:
-    """``apply_weight_norm``'s options from the norm config: ``init`` (``norm.bwn_init``) and ``renorm``
-    (``norm.bwn_renorm``) where set; absent keys leave the kind's defaults."""
+def weight_norm_options(model_cfg) -> dict:
+    """``apply_weight_norm``'s options from the model config: ``init`` (``model.bwn_init``) and ``renorm``
+    (``model.bwn_renorm``) where set; absent keys leave the kind's defaults."""
     opts = {}
-    if norm_cfg.get("bwn_init") is not None:
-        opts["init"] = norm_cfg.get("bwn_init")
-    if norm_cfg.get("bwn_renorm") is not None:
-        opts["renorm"] = norm_cfg.get("bwn_renorm")
+    if model_cfg.get("bwn_init") is not None:
+        opts["init"] = model_cfg.get("bwn_init")
+    if model_cfg.get("bwn_renorm") is not None:
+        opts["renorm"] = model_cfg.get("bwn_renorm")
     return opts
 
 
@@ -155,7 +155,7 @@ def _check_init(init, kind: str) -> str:
     if init is None:
         return "torch_default" if kind in ("bwn", "bwn_gain") else "he"
     if init not in INITS:
-        raise choice_error("norm.bwn_init", init, INITS)
+        raise choice_error("model.bwn_init", init, INITS)
     return init
 
 
@@ -177,7 +177,7 @@ def apply_weight_norm(model: nn.Module, kind="none", init: str | None = None, re
         return model
     init = _check_init(init, kind)
     if not isinstance(renorm, bool):
-        raise ConfigError(f"norm.bwn_renorm must be true or false, got {renorm!r}")
+        raise ConfigError(f"model.bwn_renorm must be true or false, got {renorm!r}")
     for name, conv in conv_layers(model):
         if parametrize.is_parametrized(conv, "weight"):
             raise ConfigError(f"conv layer {name!r} already has a weight parametrization; apply weight_norm once")

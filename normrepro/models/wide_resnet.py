@@ -8,6 +8,8 @@ from normrepro.errors import ConfigError
 
 
 class WideBlock(nn.Module):
+    """Pre-activation basic block: conv3x3(relu(norm(conv3x3(relu(norm(x)))))) + shortcut, dropout between."""
+
     def __init__(self, cin, cout, stride, norm_layer, dropout):
         super().__init__()
         self.bn1, self.conv1 = norm_layer(cin), nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
@@ -16,6 +18,7 @@ class WideBlock(nn.Module):
         self.shortcut = None if (stride == 1 and cin == cout) else nn.Conv2d(cin, cout, 1, stride, bias=False)
 
     def forward(self, x):
+        """The block's output for ``x`` (N, C, H, W)."""
         o = F.relu(self.bn1(x))
         y = self.conv1(o)
         y = F.relu(self.bn2(y))
@@ -26,6 +29,8 @@ class WideBlock(nn.Module):
 
 
 class WideResNet(nn.Module):
+    """WRN-depth-widen_factor: stem conv, 3 stages of (depth - 4) / 6 wide blocks, norm + ReLU, pool, ``fc``."""
+
     def __init__(self, num_classes, norm_layer, in_channels=3, depth=28, widen_factor=10, dropout=0.0, width=16):
         super().__init__()
         if depth < 10 or (depth - 4) % 6:
@@ -44,5 +49,6 @@ class WideResNet(nn.Module):
         self.fc = nn.Linear(cin, num_classes)
 
     def forward(self, x):
+        """Logits for images ``x`` (N, C, H, W)."""
         x = F.relu(self.bn(self.blocks(self.conv1(x))))
         return self.fc(self.pool(x).flatten(1))

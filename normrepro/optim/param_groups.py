@@ -20,6 +20,7 @@ _WEIGHTED = (nn.modules.conv._ConvNd, nn.Linear)
 
 
 def decayed_parameter_names(model: nn.Module, policy: str) -> set[str]:
+    """Names of the parameters that weight-decay policy ``policy`` (one of WD_POLICIES) decays."""
     if policy not in WD_POLICIES:
         raise choice_error("optim.wd_policy", policy, WD_POLICIES)
     policy = ALIASES.get(policy, policy)
@@ -66,4 +67,5 @@ def param_groups(model: nn.Module, weight_decay: float, policy: str,
 
 
 def count_params(groups: list[dict]) -> dict[str, int]:
+    """{group name: number of parameter elements} of ``param_groups``' output."""
     return {g["name"]: sum(p.numel() for p in g["params"]) for g in groups if isinstance(g["params"][0], torch.Tensor)}

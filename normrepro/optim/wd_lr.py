@@ -33,10 +33,13 @@ Works with any model: the flagged groups carry the parameter names (``names``) o
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from normrepro.channel_norms import channel_norms
+from normrepro.channel_norms import channel_norms, load_reference
 from normrepro.errors import ConfigError, choice_error
+from normrepro.optim.schedules import lr_factor
 
 MODES = ("standard", "lr_correction", "norm_schedule")
 CORRECTIONS = ("after_momentum", "before_momentum")
@@ -163,3 +166,39 @@ class ScaleInvariantSGD(torch.optim.SGD):
                 p.mul_(_per_channel(target / channel_norms(p).clamp_min(1e-12), p))
         self._step_in_epoch += 1
         return loss
+
+
+@dataclass
+class ReferenceTargets:
+    """A ``wd_on`` reference run's per-channel norms (one dict per recorded epoch boundary) and how each epoch hands
+    them to a :class:`ScaleInvariantSGD`: ``apply(optimizer, epoch)`` calls ``begin_epoch`` with the norm-schedule
+    multiplier m(e) = lr_factor(e)^(-1/2)."""
+    norms: list[dict[str, torch.Tensor]]
+    schedule: dict
+    epochs: int
+    steps_per_epoch: int
+
+    @classmethod
+    def from_config(cls, optim_cfg, si_layers, epochs: int, steps_per_epoch: int) -> ReferenceTargets | None:
+        """The reference of ``optim.mode`` lr_correction / norm_schedule, checked against this run's scale-invariant
+        layers (None for ``standard``)."""
+        mode = optim_cfg.get("mode", "standard") or "standard"
+        if mode == "standard":
+            return None
+        if not optim_cfg.get("reference"):
+            raise ConfigError(f"optim.mode={mode} needs optim.reference=<run dir of a wd_on run> (its weight_norms.pt)")
+        if not si_layers:
+            raise ConfigError(f"optim.mode={mode}: this model has no scale-invariant layers (conv/linear before a "
+                              f"norm)")
+        for name, m in si_layers:
+            if not isinstance(getattr(m, "weight", None), torch.nn.Parameter):
+                raise ConfigError(f"optim.mode={mode} needs plain weights; layer {name!r} is reparametrized "
+                                  f"(model.weight_norm) — use weight_norm=none")
+        needed = reference_entries_needed(epochs, optim_cfg.get("reference_epoch", "end"))
+        norms = load_reference(optim_cfg.reference, {n: int(m.weight.shape[0]) for n, m in si_layers}, needed)
+        return cls(norms, dict(optim_cfg.schedule), epochs, steps_per_epoch)
+
+    def apply(self, optimizer: ScaleInvariantSGD, epoch: int) -> None:
+        """Set 0-based epoch ``epoch``'s targets on ``optimizer`` (the entry its ``reference_epoch`` picks)."""
+        optimizer.begin_epoch(epoch, self.norms, lr_factor(epoch, self.schedule, self.epochs) ** -0.5,
+                              self.steps_per_epoch)
