@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from normrepro.errors import ConfigError
+from normrepro.safe_load import safe_torch_load
 from normrepro.utils.io import atomic_torch_save
 
 WEIGHT_NORMS_NAME = "weight_norms.pt"
@@ -60,16 +61,17 @@ class WeightNormRecorder:
 
 
 def load_reference(run_dir: str | Path, layers: dict[str, int], epochs: int) -> list[dict[str, torch.Tensor]]:
-    """The recorded norms of a reference run (``optim.reference``), checked against this run's layers."""
+    """The recorded norms of a reference run (``optim.reference``), checked against this run's layers. The file
+    is loaded with ``weights_only=True`` (a crafted file is refused, nothing from it runs)."""
     path = Path(str(run_dir)) / WEIGHT_NORMS_NAME
     if not path.is_file():
         raise ConfigError(f"optim.reference={str(run_dir)!r}: no {WEIGHT_NORMS_NAME} there; train the wd_on "
                           f"reference run first (scripts/run_wd_arms.py does it in order)")
-    try:
-        ref = torch.load(path, map_location="cpu", weights_only=False)
-        ref_layers, norms = dict(ref["layers"]), list(ref["norms"])
-    except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
-        raise ConfigError(f"optim.reference: cannot read {str(path)!r} ({type(e).__name__})") from None
+    ref = safe_torch_load(path, "optim.reference file", "point optim.reference at a wd_on run dir of this project")
+    problem = reference_problem(ref)
+    if problem:
+        raise ConfigError(f"optim.reference: damaged {str(path)!r} ({problem}); retrain the reference run")
+    ref_layers, norms = dict(ref["layers"]), list(ref["norms"])
     if ref_layers != dict(layers):
         diff = sorted(set(ref_layers.items()) ^ set(dict(layers).items()))[:3]
         raise ConfigError(f"optim.reference={str(run_dir)!r} has another architecture: its scale-invariant layers "
@@ -78,3 +80,23 @@ def load_reference(run_dir: str | Path, layers: dict[str, int], epochs: int) -> 
         raise ConfigError(f"optim.reference={str(run_dir)!r} recorded {len(norms)} epoch boundaries, this run needs "
                           f"{epochs} (train the reference for at least as many epochs)")
     return norms
+
+
+def reference_problem(ref) -> str | None:
+    """What is wrong with a loaded ``weight_norms.pt`` (``{"layers": {name: C}, "norms": [{name: tensor[C]}]}``):
+    wrong types, a boundary missing a layer, a tensor of another length, negative or non-finite norms; else None."""
+    if not isinstance(ref, dict) or not isinstance(ref.get("layers"), dict) or not isinstance(ref.get("norms"), list):
+        return "expected {layers: {name: channels}, norms: [{name: tensor}, ...]}"
+    layers = ref["layers"]
+    if not all(isinstance(k, str) and isinstance(c, int) and not isinstance(c, bool) and c > 0
+               for k, c in layers.items()):
+        return "layers is not {name: number of channels}"
+    for e, norms in enumerate(ref["norms"]):
+        if not isinstance(norms, dict) or set(norms) != set(layers):
+            return f"epoch boundary {e} does not hold exactly the recorded layers"
+        for name, t in norms.items():
+            if not isinstance(t, torch.Tensor) or t.dim() != 1 or t.numel() != layers[name]:
+                return f"epoch boundary {e}, layer {name!r}: not a tensor of {layers[name]} channel norms"
+            if not bool(torch.isfinite(t).all()) or bool((t < 0).any()):
+                return f"epoch boundary {e}, layer {name!r}: norms must be finite and >= 0"
+    return None

@@ -30,6 +30,7 @@ from normrepro.models import build_model, scale_invariant_layers
 from normrepro.norms import norm_factory
 from normrepro.optim import build_optimizer, build_scheduler, lr_factor
 from normrepro.precision import build_precision, scaler_stats
+from normrepro.resume_check import check_resume_config
 from normrepro.utils.env import run_env
 
 log = logging.getLogger(__name__)
@@ -183,7 +184,7 @@ def _fit(cfg, run_dir, dist_info, device, main) -> dict:
     recorder = WeightNormRecorder(si_layers, run_dir / WEIGHT_NORMS_NAME)
     start_epoch, ckpt_path = 0, run_dir / CKPT_NAME
     if tc.resume and ckpt_path.exists():
-        start_epoch = _resume(ckpt_path, model, optimizer, scheduler, scaler, recorder, metrics)
+        start_epoch = _resume(ckpt_path, model, optimizer, scheduler, scaler, recorder, metrics, resolved)
     else:
         recorder.record()  # epoch boundary 0: the initial norms
     logger = build_logger(cfg.logger, resolved, run_dir, rank=dist_info.rank)
@@ -312,8 +313,9 @@ def _reference(oc, si_layers, epochs):
     return load_reference(oc.reference, {n: int(m.weight.shape[0]) for n, m in si_layers}, epochs)
 
 
-def _resume(ckpt_path, model, optimizer, scheduler, scaler, recorder, metrics) -> int:
+def _resume(ckpt_path, model, optimizer, scheduler, scaler, recorder, metrics, config) -> int:
     state = load_checkpoint(ckpt_path)
+    check_resume_config(state, config, ckpt_path)
     try:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])

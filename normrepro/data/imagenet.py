@@ -4,6 +4,10 @@ Workers decode JPEGs and return uint8 crops (4x less to copy than float); the de
 (pinned, non-blocking) and normalizes there. Augmentation is seeded per (seed, epoch, image) rather than by
 the workers' global RNG, so batches are deterministic given (seed, epoch) whatever the worker count, with
 persistent workers too, and a resumed run sees what an uninterrupted one sees.
+
+A corrupt or unreadable image stops the run (no skip-and-count: skipping would change the batches silently, and the
+paper's numbers assume the whole set): the first one a worker meets is one ``error:`` line naming its path (a
+:class:`DataFileError`, exit 2). Remove or replace the file and run again: the run resumes from its last checkpoint.
 """
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from normrepro.data.memory import epoch_generator
-from normrepro.errors import ConfigError
+from normrepro.errors import ConfigError, DataFileError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -57,7 +61,12 @@ class FolderImages(Dataset):
 
         index, epoch = key if self.train else (key, 0)
         path, label = self.samples[index]
-        img = default_loader(path)
+        try:
+            img = default_loader(path)  # decodes the whole image (convert("RGB")): truncated files fail here
+        except (OSError, ValueError, SyntaxError) as e:  # PIL's UnidentifiedImageError is an OSError
+            why = " ".join(f"{type(e).__name__}: {e}".split())
+            raise DataFileError(f"corrupt image {path!r} ({why}); remove or replace it, then run again "
+                                f"(the run resumes from its last checkpoint)") from None
         if self.train:
             rng = random.Random(f"{self.seed}/{epoch}/{index}")  # str seeds are hashed (sha512): stable everywhere
             top, left, h, w = random_resized_crop_params(img.width, img.height, rng, (self.min_scale, 1.0))
