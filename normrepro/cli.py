@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from normrepro.config_check import check_config
 from normrepro.errors import EXIT_BAD_INPUT, EXIT_DIVERGED, ConfigError, one_line
-from normrepro.preflight import exit_with_error, is_rank0
+from normrepro.preflight import check_run_dir, exit_with_error, is_rank0
 from normrepro.run_lock import acquire_run_lock
 from normrepro.utils.io import atomic_write_json, atomic_write_text, remove_stale_temp_files
 
@@ -73,6 +73,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
 
     check_config(cfg)
     if is_rank0():
+        check_run_dir(run_dir)  # Hydra made it already; a direct caller may not have
         acquire_run_lock(run_dir)
         remove_stale_temp_files(run_dir)
         atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pickle
 import re
+import warnings
 from pathlib import Path
 
 from normrepro.errors import ConfigError
@@ -60,7 +61,9 @@ def safe_torch_load(path: str | Path, what: str, hint: str):
 
     path = Path(path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # a plain pickle: torch warns about its protocol before refusing it
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         names = _GLOBAL.findall(str(e))
         if not names:  # not a pickle of known opcodes at all: damaged, not crafted
