@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import CONF, REPO, compose_cfg
+from conftest import CONF, REPO, TINY, compose_cfg
 
 from normrepro.errors import ConfigError
 
@@ -78,7 +78,9 @@ def bad_value_runs(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("bad")
     with ThreadPoolExecutor(4) as pool:
-        procs = pool.map(lambda i: train_py(BAD_VALUES[i][0].split(), root / f"run{i}"), range(len(BAD_VALUES)))
+        # after TINY: a bad value that slipped through would train only briefly (and fail the test)
+        procs = pool.map(lambda i: train_py([*TINY, *BAD_VALUES[i][0].split()], root / f"run{i}"),
+                         range(len(BAD_VALUES)))
         return root, list(procs)
 
 

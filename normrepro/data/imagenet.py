@@ -80,14 +80,16 @@ class FolderImages(Dataset):
 
 class ShardSampler(Sampler):
     """Train: the (seed, epoch) permutation, positions rank, rank + world_size, ..., N // world_size of them,
-    yielded as (index, epoch). Eval: indices rank, rank + world_size, ... in order, no padding."""
+    yielded as (index, epoch). Eval: indices rank, rank + world_size, ... in order, no padding.
+    ``set_epoch(epoch, skip)`` starts the epoch ``skip`` positions in (a mid-epoch resume); ``len`` stays the
+    whole epoch's."""
 
     def __init__(self, n, shuffle, seed=0, rank=0, world_size=1):
         self.n, self.shuffle, self.seed, self.rank, self.world_size = n, shuffle, seed, rank, world_size
-        self.epoch = 0
+        self.epoch, self.skip = 0, 0
 
-    def set_epoch(self, epoch):
-        self.epoch = int(epoch)
+    def set_epoch(self, epoch, skip=0):
+        self.epoch, self.skip = int(epoch), int(skip)
 
     def __len__(self):
         return self.n // self.world_size if self.shuffle else len(range(self.rank, self.n, self.world_size))
@@ -96,7 +98,7 @@ class ShardSampler(Sampler):
         if not self.shuffle:
             return iter(range(self.rank, self.n, self.world_size))
         perm = torch.randperm(self.n, generator=epoch_generator(self.seed, self.epoch))
-        mine = perm[self.rank::self.world_size][:len(self)].tolist()
+        mine = perm[self.rank::self.world_size][:len(self)][self.skip:].tolist()
         return iter([(i, self.epoch) for i in mine])
 
 
@@ -109,8 +111,9 @@ class DeviceLoader:
         std = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
         self.scale, self.shift = 1.0 / (255.0 * std), -mean / std
 
-    def set_epoch(self, epoch: int) -> None:
-        self.sampler.set_epoch(epoch)
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Epoch ``epoch`` from its batch ``start_batch`` on (the batches before it are not decoded)."""
+        self.sampler.set_epoch(epoch, start_batch * self.loader.batch_size)
 
     def __len__(self) -> int:
         return len(self.loader)
