@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from normrepro.config_check import check_config
 from normrepro.errors import EXIT_BAD_INPUT, EXIT_DIVERGED, ConfigError, one_line
-from normrepro.preflight import check_run_dir, exit_with_error, is_rank0
+from normrepro.preflight import check_run_dir, exit_with_error, is_rank0, require_shared_run_dir
 from normrepro.run_lock import acquire_run_lock
 from normrepro.utils.io import atomic_write_json, atomic_write_text, remove_stale_temp_files
 
@@ -27,14 +27,11 @@ _TASK_RAISED: list[BaseException] = []  # exceptions that escaped the training c
 
 
 def run_dir_of(cfg: DictConfig) -> Path:
-    """The Hydra run dir. Under torchrun every rank must see the same one, so it must be given explicitly (the
-    default contains the start time, which can differ between ranks by a second)."""
+    """The Hydra run dir (under torchrun it must be given explicitly: ``require_shared_run_dir``)."""
     from hydra.core.hydra_config import HydraConfig
 
     hc = HydraConfig.get()
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and hc.mode.name == "RUN" and not any(
-            o.split("=", 1)[0].lstrip("+") == "hydra.run.dir" for o in hc.overrides.hydra):
-        raise ConfigError("under torchrun pass hydra.run.dir=<dir> so that all ranks share one run dir")
+    require_shared_run_dir(hc.mode.name, hc.overrides.hydra)
     return Path(hc.runtime.output_dir)
 
 
@@ -132,6 +129,8 @@ def hydra_error_line(e: BaseException) -> str | None:
         group, _, option = e.missing_cfg_file.rpartition("/")
         return (f"no config {e.missing_cfg_file}: unknown {group} option {option!r}; choose {group}= one of: "
                 f"{', '.join(e.options)}")
+    if isinstance(e, MissingConfigException):  # e.g. --config-name of no file: its first line, not the search path
+        return one_line(e)
     if isinstance(e, OverrideParseException):
         detail = "; ".join(ln.strip() for ln in str(e.message).splitlines() if ln.strip() and "hydra.cc" not in ln)
         return f"cannot parse override {e.override!r}: {detail} (Hydra's override grammar)"

@@ -43,7 +43,9 @@ def _as_dict(cfg) -> dict:
             cfg = OmegaConf.to_container(cfg, resolve=True)
         except OmegaConfBaseException as e:
             key = getattr(e, "full_key", None)
-            raise ConfigError(f"cannot resolve {key or 'the config'}: {' '.join(str(e).split())}") from None
+            why = " ".join(ln.strip() for ln in str(e).splitlines() if ln.strip() and not ln.strip().startswith(
+                ("full_key:", "object_type=")))
+            raise ConfigError(f"cannot resolve {key or 'the config'}: {why}") from None
     if not isinstance(cfg, dict):
         raise ConfigError(f"the config must be a mapping, got {type(cfg).__name__}")
     return {k: v for k, v in cfg.items() if k != "hydra"}

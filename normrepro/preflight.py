@@ -33,6 +33,8 @@ def exit_with_error(message) -> None:
 
 def check_run_dir(path: str | os.PathLike, key: str = "hydra.run.dir") -> Path:
     """Create ``path`` if needed and prove it writable (a probe file); else a one-line ConfigError naming ``key``."""
+    if not str(path).strip():
+        raise ConfigError(f"{key} must be a folder path, got {str(path)!r} (that would write into the current folder)")
     p = Path(path)
     for part in (p, *p.parents):
         if part.exists():
@@ -48,6 +50,14 @@ def check_run_dir(path: str | os.PathLike, key: str = "hydra.run.dir") -> Path:
         raise ConfigError(f"cannot create or write {key}={str(path)!r} ({e.strerror or type(e).__name__}); "
                           f"use another {key}") from None
     return p
+
+
+def require_shared_run_dir(run_mode: str, hydra_overrides) -> None:
+    """Under torchrun every rank must see the same run dir, so it must be given explicitly (the default contains
+    the start time, which can differ between ranks by a second)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and run_mode == "RUN" and not any(
+            str(o).split("=", 1)[0].lstrip("+") == "hydra.run.dir" for o in hydra_overrides):
+        raise ConfigError("under torchrun pass hydra.run.dir=<dir> so that all ranks share one run dir")
 
 
 def is_rank0() -> bool:
@@ -79,8 +89,10 @@ class Preflight(Callback):
     """Hydra callback: config, run dir and lock checked before Hydra writes anything (see the module docstring)."""
 
     def on_run_start(self, config, **kwargs) -> None:
+        """RUN: the config, the run dir, the run lock (rank 0)."""
         try:
             check_config(task_config(config))
+            require_shared_run_dir("RUN", config.hydra.overrides.hydra)
             run_dir = check_run_dir(str(config.hydra.run.dir))
             if is_rank0():
                 acquire_run_lock(run_dir)
@@ -88,14 +100,23 @@ class Preflight(Callback):
             exit_with_error(e)
 
     def on_multirun_start(self, config, **kwargs) -> None:
+        """MULTIRUN: the sweep dir, then every job's config (a composition error is left to Hydra's sweeper,
+        which reports it before launching anything)."""
         from hydra import compose
 
         try:
             check_run_dir(str(config.hydra.sweep.dir), "hydra.sweep.dir")
-            jobs = sweep_jobs(config) or []
+            try:
+                jobs = sweep_jobs(config) or []
+            except Exception:  # noqa: BLE001 - a bad sweep override: Hydra's sweeper reports it
+                return
             for overrides in jobs[:MAX_SWEEP_CHECKS]:
                 try:
-                    check_config(compose(config_name=config.hydra.job.config_name, overrides=overrides))
+                    cfg = compose(config_name=config.hydra.job.config_name, overrides=overrides)
+                except Exception:  # noqa: BLE001 - unknown option, bad key: Hydra's sweeper reports it
+                    return
+                try:
+                    check_config(cfg)
                 except ConfigError as e:
                     raise ConfigError(f"sweep job {' '.join(overrides)}: {e}") from None
         except ConfigError as e:
