@@ -106,6 +106,8 @@ class NormBase(Section):
 
 
 class MeanNorm(NormBase):
+    """``norm.name=mean``: mean-only BN (also bwn, bwn_gain, wn with their ``weight_norm``)."""
+
     momentum: NormMomentum | None = 0.1
     affine: Bool = True
     stats_dtype: StatsDtype | None = None
@@ -113,39 +115,55 @@ class MeanNorm(NormBase):
 
 
 class LinfNorm(MeanNorm):
+    """``norm.name=linf``."""
+
     eps: NonNegFloat = 1e-5
 
 
 class L2Norm(LinfNorm):
+    """``norm.name=l2`` (``impl`` torch or lp)."""
+
     impl: Literal["torch", "lp"] = "torch"
 
 
 class L1Norm(LinfNorm):
+    """``norm.name=l1``."""
+
     l1_scale: PosFloat = 1.0
 
 
 class TopkNorm(LinfNorm):
+    """``norm.name=topk``."""
+
     k: PosInt = 10
 
 
 class NoNorm(NormBase):
-    pass
+    """``norm.name=none``."""
 
 
 # ----------------------------------------------------------------------------------------------------- model
 class ModelBase(Section):
+    """Keys every model takes; the rest are ``build_model`` kwargs (``normrepro.models.model_kwargs``)."""
+
     name: str
 
 
 class HeResNet(ModelBase):
+    """resnet20/32/44/56/110."""
+
     width: PosInt = 16
 
 
 class CifarResNet(ModelBase):
+    """resnet18/34/50_cifar."""
+
     width: PosInt = 64
 
 
 class WRN(ModelBase):
+    """wrn (WideResNet depth 6n+4)."""
+
     depth: PosInt = 28
     widen_factor: PosInt = 10
     dropout: Fraction = 0.0
@@ -160,16 +178,20 @@ class WRN(ModelBase):
 
 
 class VGG(ModelBase):
+    """vgg11/13/16/19."""
+
     conv_bias: Bool = True
     width_mult: PosFloat = 1.0
 
 
 class TorchvisionResNet(ModelBase):
-    pass
+    """resnet18, resnet50 (torchvision's ImageNet ResNets)."""
 
 
 # --------------------------------------------------------------------------------------------------- dataset
 class DatasetBase(Section):
+    """Keys every dataset takes."""
+
     name: str
     image_size: PosInt = 32
     flip: Bool = True
@@ -185,11 +207,15 @@ class InMemory(DatasetBase):
 
 
 class Digits(InMemory):
+    """``dataset=digits`` (scikit-learn's 8x8 digits)."""
+
     num_classes: Literal[10] = 10
     in_channels: PosInt = 1
 
 
 class Synthetic(InMemory):
+    """``dataset=synthetic`` / ``synthetic_imagenet``."""
+
     num_classes: _typed(int, "an integer >= 2", ge=2) = 10
     in_channels: PosInt = 3
     num_train: PosInt = 2000
@@ -199,6 +225,8 @@ class Synthetic(InMemory):
 
 
 class Cifar10(InMemory):
+    """``dataset=cifar10``."""
+
     num_classes: Literal[10] = 10
     in_channels: Literal[3] = 3
     root: Text = "data"
@@ -206,10 +234,14 @@ class Cifar10(InMemory):
 
 
 class Cifar100(Cifar10):
+    """``dataset=cifar100``."""
+
     num_classes: Literal[100] = 100
 
 
 class ImageNet(DatasetBase):
+    """``dataset=imagenet`` (ImageFolder layout)."""
+
     num_classes: PosInt = 1000
     in_channels: Literal[3] = 3
     root: Text = "data/imagenet"
@@ -219,25 +251,35 @@ class ImageNet(DatasetBase):
 
 # ------------------------------------------------------------------------------------------ precision, logger
 class PrecisionBase(Section):
+    """``precision=fp32`` / ``bf16``."""
+
     name: str
     stats_dtype: PrecisionStatsDtype | None = None
 
 
 class Amp(PrecisionBase):
+    """``precision=amp`` (torch GradScaler)."""
+
     init_scale: PosFloat = 65536.0
     growth_interval: PosInt = 2000
 
 
 class PureHalf(Amp):
+    """``precision=fp16`` / ``bf16_pure`` (model in half precision, own loss scaler)."""
+
     master_weights: Bool = False
     loss_scaling: Bool = True
 
 
 class NoLogger(Section):
+    """``logger=none``."""
+
     name: Literal["none"] = "none"
 
 
 class Wandb(Section):
+    """``logger=wandb``."""
+
     name: Literal["wandb"] = "wandb"
     project: Text = "normrepro"
     entity: Text | None = None

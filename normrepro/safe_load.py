@@ -34,6 +34,7 @@ class RestrictedUnpickler(pickle.Unpickler):
         self.allowed = frozenset(allowed)
 
     def find_class(self, module, name):
+        """The allowed global ``module.name``; anything else raises UnpicklingError (and nothing is imported)."""
         if (module, name) in self.allowed:
             return super().find_class(module, name)
         raise pickle.UnpicklingError(f"global {module}.{name} is not allowed")
