@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from normrepro.config_check import check_config
 from normrepro.errors import EXIT_BAD_INPUT, EXIT_DIVERGED, ConfigError, one_line
 from normrepro.preflight import check_run_dir, exit_with_error, is_rank0, require_shared_run_dir
-from normrepro.run_lock import acquire_run_lock
+from normrepro.run_lock import acquire_run_lock, release_run_lock
 from normrepro.utils.io import atomic_write_json, atomic_write_text, remove_stale_temp_files
 
 log = logging.getLogger(__name__)
@@ -87,6 +87,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
                     "interrupted" if interrupted else "failed")
         _TASK_RAISED.append(e)
         raise
+    finally:
+        release_run_lock(run_dir)  # a multirun's next in-process job locks its own dir; the OS would at exit
     _STATUSES.append(result["status"])
     return result
 

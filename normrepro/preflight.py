@@ -5,7 +5,9 @@ against the schema (``config_check``), the run dir (creatable, a folder, writabl
 read-only) and the run lock (rank 0; a second process in the same run dir stops here).
 MULTIRUN (``on_multirun_start``): the sweep dir, and every job's config of a basic-sweeper sweep (up to
 ``MAX_SWEEP_CHECKS`` jobs; each job checks its own config again when it starts).
-A problem is one ``error: ...`` line on stderr and exit code 2 (:data:`normrepro.errors.EXIT_BAD_INPUT`).
+A problem is one ``error: ...`` line on stderr and exit code 2 (:data:`normrepro.errors.EXIT_BAD_INPUT`): the
+callback exits itself, since Hydra turns any exception a callback raises into a warning and goes on. ``cli.run``
+checks the config, the run dir and the lock again when the job starts (other launchers, direct callers).
 """
 from __future__ import annotations
 
