@@ -1,4 +1,7 @@
-"""Train one model: ``python train.py norm=l1 precision=fp16``; sweep: ``python train.py -m norm=l2,l1 seed=0,1,2``."""
+"""Train one model: ``python train.py norm=l1 precision=fp16``; sweep: ``python train.py -m norm=l2,l1 seed=0,1,2``.
+
+Exit codes: 0 completed, 2 bad input (one ``error: ...`` line), 3 diverged, 1 a bug (traceback); see normrepro/cli.py.
+"""
 import hydra
 from omegaconf import DictConfig
 
@@ -11,4 +14,6 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    main()
+    from normrepro.cli import entry
+
+    entry(main)

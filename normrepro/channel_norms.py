@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from normrepro.errors import ConfigError
+from normrepro.safe_load import safe_torch_load
 from normrepro.utils.io import atomic_torch_save
 
 WEIGHT_NORMS_NAME = "weight_norms.pt"
@@ -36,7 +37,6 @@ class WeightNormRecorder:
         self.norms: list[dict[str, torch.Tensor]] = []
 
     def record(self) -> dict[str, torch.Tensor]:
-        """Append and return ‖w_c‖ of every layer now (an epoch boundary), on the CPU."""
         norms = {name: channel_norms(m.weight.detach()).cpu() for name, m in self.layers}
         self.norms.append(norms)
         return norms
@@ -51,29 +51,27 @@ class WeightNormRecorder:
                 "eff_lr": {name: lr * norms[name].numel() / t if t > 0 else float("inf") for name, t in total.items()}}
 
     def state(self) -> dict:
-        """``{"layers": {name: channels}, "norms": [...]}``: the content of weight_norms.pt."""
         return {"layers": {name: int(m.weight.shape[0]) for name, m in self.layers}, "norms": self.norms}
 
     def save(self) -> None:
-        """Write ``state()`` to the recorder's path atomically."""
         atomic_torch_save(self.state(), self.path)
 
     def load_state(self, state: dict) -> None:
-        """Continue from ``state()`` of a checkpoint (resume)."""
         self.norms = list(state["norms"])
 
 
 def load_reference(run_dir: str | Path, layers: dict[str, int], epochs: int) -> list[dict[str, torch.Tensor]]:
-    """The recorded norms of a reference run (``optim.reference``), checked against this run's layers."""
+    """The recorded norms of a reference run (``optim.reference``), checked against this run's layers. The file
+    is loaded with ``weights_only=True`` (a crafted file is refused, nothing from it runs)."""
     path = Path(str(run_dir)) / WEIGHT_NORMS_NAME
     if not path.is_file():
         raise ConfigError(f"optim.reference={str(run_dir)!r}: no {WEIGHT_NORMS_NAME} there; train the wd_on "
                           f"reference run first (scripts/run_wd_arms.py does it in order)")
-    try:
-        ref = torch.load(path, map_location="cpu", weights_only=True)
-        ref_layers, norms = dict(ref["layers"]), list(ref["norms"])
-    except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
-        raise ConfigError(f"optim.reference: cannot read {str(path)!r} ({type(e).__name__})") from None
+    ref = safe_torch_load(path, "optim.reference file", "point optim.reference at a wd_on run dir of this project")
+    problem = reference_problem(ref)
+    if problem:
+        raise ConfigError(f"optim.reference: damaged {str(path)!r} ({problem}); retrain the reference run")
+    ref_layers, norms = dict(ref["layers"]), list(ref["norms"])
     if ref_layers != dict(layers):
         diff = sorted(set(ref_layers.items()) ^ set(dict(layers).items()))[:3]
         raise ConfigError(f"optim.reference={str(run_dir)!r} has another architecture: its scale-invariant layers "
@@ -82,3 +80,23 @@ def load_reference(run_dir: str | Path, layers: dict[str, int], epochs: int) -> 
         raise ConfigError(f"optim.reference={str(run_dir)!r} recorded {len(norms)} epoch boundaries, this run needs "
                           f"{epochs} (train the reference for at least as many epochs)")
     return norms
+
+
+def reference_problem(ref) -> str | None:
+    """What is wrong with a loaded ``weight_norms.pt`` (``{"layers": {name: C}, "norms": [{name: tensor[C]}]}``):
+    wrong types, a boundary missing a layer, a tensor of another length, negative or non-finite norms; else None."""
+    if not isinstance(ref, dict) or not isinstance(ref.get("layers"), dict) or not isinstance(ref.get("norms"), list):
+        return "expected {layers: {name: channels}, norms: [{name: tensor}, ...]}"
+    layers = ref["layers"]
+    if not all(isinstance(k, str) and isinstance(c, int) and not isinstance(c, bool) and c > 0
+               for k, c in layers.items()):
+        return "layers is not {name: number of channels}"
+    for e, norms in enumerate(ref["norms"]):
+        if not isinstance(norms, dict) or set(norms) != set(layers):
+            return f"epoch boundary {e} does not hold exactly the recorded layers"
+        for name, t in norms.items():
+            if not isinstance(t, torch.Tensor) or t.dim() != 1 or t.numel() != layers[name]:
+                return f"epoch boundary {e}, layer {name!r}: not a tensor of {layers[name]} channel norms"
+            if not bool(torch.isfinite(t).all()) or bool((t < 0).any()):
+                return f"epoch boundary {e}, layer {name!r}: norms must be finite and >= 0"
+    return None

@@ -10,6 +10,7 @@ import logging
 
 from normrepro.checkpoint import rng_state, set_rng_state
 from normrepro.errors import ConfigError
+from normrepro.resume_check import check_resume_config
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +24,9 @@ def state_of(run) -> dict:
 
 
 def restore(run, state: dict, source: str = "checkpoint") -> None:
-    """Load ``state`` (from :func:`state_of`) into ``run``; a checkpoint of another config is a ConfigError."""
+    """Load ``state`` (from :func:`state_of`) into ``run``; a checkpoint of another config is a ConfigError that
+    names the keys that differ (``normrepro.resume_check``)."""
+    check_resume_config(state, run.resolved, source)
     try:
         run.model.load_state_dict(state["model"])
         run.optimizer.load_state_dict(state["optimizer"])

@@ -14,6 +14,7 @@ import torch
 from normrepro.data.imagenet import imagenet_loaders
 from normrepro.data.memory import InMemoryLoader, batch_crop, epoch_generator
 from normrepro.data.mnist import load_mnist5k_uint8
+from normrepro.data.options import required as _req
 from normrepro.data.sources import (
     load_cifar_uint8,
     load_digits_uint8,
@@ -38,13 +39,6 @@ class DataBundle:
     name: str
     num_train: int
     num_test: int
-
-
-def _req(cfg, key: str):
-    """``cfg[key]``: each key a dataset reads is set in its YAML (normrepro/conf/dataset, the one place of defaults)."""
-    if key not in cfg:
-        raise ConfigError(f"dataset.{key} is not set (normrepro/conf/dataset/{cfg.get('name')}.yaml sets it)")
-    return cfg[key]
 
 
 def _uint8_source(name, cfg):

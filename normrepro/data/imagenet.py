@@ -4,6 +4,10 @@ Workers decode JPEGs and return uint8 crops (4x less to copy than float); the de
 (pinned, non-blocking) and normalizes there. Augmentation is seeded per (seed, epoch, image) rather than by
 the workers' global RNG, so batches are deterministic given (seed, epoch) whatever the worker count, with
 persistent workers too, and a resumed run sees what an uninterrupted one sees.
+
+A corrupt or unreadable image stops the run (no skip-and-count: skipping would change the batches silently, and the
+paper's numbers assume the whole set): the first one a worker meets is one ``error:`` line naming its path (a
+:class:`DataFileError`, exit 2). Remove or replace the file and run again: the run resumes from its last checkpoint.
 """
 from __future__ import annotations
 
@@ -15,7 +19,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from normrepro.data.memory import epoch_generator
-from normrepro.errors import ConfigError
+from normrepro.data.options import required
+from normrepro.errors import ConfigError, DataFileError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -57,7 +62,12 @@ class FolderImages(Dataset):
 
         index, epoch = key if self.train else (key, 0)
         path, label = self.samples[index]
-        img = default_loader(path)
+        try:
+            img = default_loader(path)  # decodes the whole image (convert("RGB")): truncated files fail here
+        except (OSError, ValueError, SyntaxError) as e:  # PIL's UnidentifiedImageError is an OSError
+            why = " ".join(f"{type(e).__name__}: {e}".split())
+            raise DataFileError(f"corrupt image {path!r} ({why}); remove or replace it, then run again "
+                                f"(the run resumes from its last checkpoint)") from None
         if self.train:
             rng = random.Random(f"{self.seed}/{epoch}/{index}")  # str seeds are hashed (sha512): stable everywhere
             top, left, h, w = random_resized_crop_params(img.width, img.height, rng, (self.min_scale, 1.0))
@@ -71,14 +81,16 @@ class FolderImages(Dataset):
 
 class ShardSampler(Sampler):
     """Train: the (seed, epoch) permutation, positions rank, rank + world_size, ..., N // world_size of them,
-    yielded as (index, epoch). Eval: indices rank, rank + world_size, ... in order, no padding."""
+    yielded as (index, epoch). Eval: indices rank, rank + world_size, ... in order, no padding.
+    ``set_epoch(epoch, skip)`` starts the epoch ``skip`` positions in (a mid-epoch resume); ``len`` stays the
+    whole epoch's."""
 
     def __init__(self, n, shuffle, seed=0, rank=0, world_size=1):
         self.n, self.shuffle, self.seed, self.rank, self.world_size = n, shuffle, seed, rank, world_size
-        self.epoch = 0
+        self.epoch, self.skip = 0, 0
 
-    def set_epoch(self, epoch):
-        self.epoch = int(epoch)
+    def set_epoch(self, epoch, skip=0):
+        self.epoch, self.skip = int(epoch), int(skip)
 
     def __len__(self):
         return self.n // self.world_size if self.shuffle else len(range(self.rank, self.n, self.world_size))
@@ -87,7 +99,7 @@ class ShardSampler(Sampler):
         if not self.shuffle:
             return iter(range(self.rank, self.n, self.world_size))
         perm = torch.randperm(self.n, generator=epoch_generator(self.seed, self.epoch))
-        mine = perm[self.rank::self.world_size][:len(self)].tolist()
+        mine = perm[self.rank::self.world_size][:len(self)][self.skip:].tolist()
         return iter([(i, self.epoch) for i in mine])
 
 
@@ -100,8 +112,9 @@ class DeviceLoader:
         std = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
         self.scale, self.shift = 1.0 / (255.0 * std), -mean / std
 
-    def set_epoch(self, epoch: int) -> None:
-        self.sampler.set_epoch(epoch)
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Epoch ``epoch`` from its batch ``start_batch`` on (the batches before it are not decoded)."""
+        self.sampler.set_epoch(epoch, start_batch * self.loader.batch_size)
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -123,7 +136,7 @@ def _samples(folder: Path, class_to_idx, allow_empty):
 
 def imagenet_loaders(cfg, batch_size, eval_batch_size, device, seed, rank=0, world_size=1):
     """(train, test, num_classes, num_train, num_test) for the ImageFolder tree under ``cfg.root``."""
-    root = Path(str(cfg.get("root", "data/imagenet")))
+    root = Path(str(required(cfg, "root")))
     for split in ("train", "val"):
         if not (root / split).is_dir():
             raise ConfigError(f"ImageNet folder {str(root / split)!r} not found; set dataset.root=<dir> holding "
@@ -139,10 +152,9 @@ def imagenet_loaders(cfg, batch_size, eval_batch_size, device, seed, rank=0, wor
     if not val_samples:
         raise ConfigError(f"ImageNet folder {str(root / 'val')!r} has no images in <class>/ subfolders named as in "
                           f"train/ (ImageFolder layout; sort a flat val/ into class folders first)")
-    size = int(cfg.get("image_size", 224) or 224)
-    workers = int(cfg.get("num_workers", 8) or 0)
-    flip, min_scale = bool(cfg.get("flip", True)), float(cfg.get("min_scale", 0.08) or 0.08)
-    drop_last = bool(cfg.get("drop_last", True))
+    size, workers = int(required(cfg, "image_size")), int(required(cfg, "num_workers"))
+    flip, min_scale = bool(required(cfg, "flip")), float(required(cfg, "min_scale"))
+    drop_last = bool(required(cfg, "drop_last"))
 
     def loader(samples, bs, train):
         ds = FolderImages(samples, size, train, seed, flip, min_scale)

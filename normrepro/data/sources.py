@@ -1,7 +1,6 @@
 """Readers that return a dataset as uint8 tensors [N, C, H, W] + int64 labels, on the CPU."""
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 
 import numpy as np
@@ -10,15 +9,16 @@ import torch.nn.functional as F
 
 from normrepro.data.memory import mix_seed
 from normrepro.errors import ConfigError
+from normrepro.safe_load import restricted_pickle_load
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)  # the paper's (authors' code) CIFAR normalization, docs/paper.md §2
 CIFAR_STD = (0.2023, 0.1994, 0.2010)
 
 CIFAR = {
     "cifar10": {"folder": "cifar-10-batches-py", "train": [f"data_batch_{i}" for i in range(1, 6)],
-                "test": ["test_batch"], "label_key": "labels", "tv": "CIFAR10", "title": "CIFAR-10"},
+                "test": ["test_batch"], "label_key": "labels", "classes": 10, "tv": "CIFAR10", "title": "CIFAR-10"},
     "cifar100": {"folder": "cifar-100-python", "train": ["train"], "test": ["test"], "label_key": "fine_labels",
-                 "tv": "CIFAR100", "title": "CIFAR-100"},
+                 "classes": 100, "tv": "CIFAR100", "title": "CIFAR-100"},
 }
 
 
@@ -83,16 +83,33 @@ def make_synthetic(num_train, num_test, num_classes, image_size, channels, noise
     return split(int(num_train), 1), split(int(num_test), 2)
 
 
-def _read_cifar_batch(path: Path, label_key: str):
-    """One python-pickle batch, read like torchvision does (latin1); keys may be str or bytes."""
-    try:
-        with open(path, "rb") as f:
-            entry = pickle.load(f, encoding="latin1")
-    except Exception as e:  # noqa: BLE001 - truncated or foreign file: one user-facing message
-        raise ConfigError(f"could not read CIFAR batch {str(path)!r} ({type(e).__name__}); re-download it") from None
+def _read_cifar_batch(path: Path, label_key: str, num_classes: int):
+    """One python-pickle batch, read like torchvision does (latin1; keys may be str or bytes) through a restricted
+    unpickler (numpy arrays and plain data only); its content is checked: ``data`` uint8 [N, 3072], ``label_key``
+    N integers in [0, num_classes). Anything else is a one-line ConfigError naming the file."""
+    entry = restricted_pickle_load(path, "CIFAR batch")
+    bad = lambda what: ConfigError(f"bad CIFAR batch {str(path)!r}: {what}; re-download it")  # noqa: E731
+    if not isinstance(entry, dict):
+        raise bad(f"expected a dict, found {type(entry).__name__}")
     entry = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in entry.items()}
-    data = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)  # R, G, B planes, rows
-    return torch.from_numpy(data.copy()), torch.as_tensor(np.asarray(entry[label_key]), dtype=torch.int64)
+    for key in ("data", label_key):
+        if key not in entry:
+            raise bad(f"no {key!r} entry (it has {', '.join(sorted(map(str, entry)))})")
+    data = entry["data"]
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+        shape = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
+        raise bad(f"'data' must be a uint8 array [N, 3072] (32x32 RGB planes), found {shape}")
+    try:
+        labels = np.asarray(entry[label_key])
+    except (TypeError, ValueError):
+        labels = np.asarray([])
+    if labels.ndim != 1 or labels.dtype.kind not in "iu" or len(labels) != len(data):
+        raise bad(f"{label_key!r} must be {len(data)} integers (one per image), found "
+                  f"{labels.shape[0] if labels.ndim == 1 else labels.shape} of dtype {labels.dtype}")
+    if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+        raise bad(f"labels must be in [0, {num_classes}), found {int(labels.min())}..{int(labels.max())}")
+    images = data.reshape(-1, 3, 32, 32)  # R, G, B planes, rows
+    return torch.from_numpy(images.copy()), torch.as_tensor(labels, dtype=torch.int64)
 
 
 def load_cifar_uint8(name: str, root: str, download: bool):
@@ -121,7 +138,7 @@ def load_cifar_uint8(name: str, root: str, download: bool):
                           f"dataset.download=true on a machine with internet")
 
     def read(names):
-        parts = [_read_cifar_batch(folder / f, spec["label_key"]) for f in names]
+        parts = [_read_cifar_batch(folder / f, spec["label_key"], spec["classes"]) for f in names]
         return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
     return read(spec["train"]), read(spec["test"])
