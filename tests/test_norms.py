@@ -22,7 +22,6 @@ from normrepro.norms import (
     is_norm_layer,
     norm_factory,
 )
-from normrepro.norms import functional as NF
 from normrepro.utils.bench import saved_bytes
 
 LP = ["l1", "linf", "topk"]
@@ -299,25 +298,6 @@ def test_saved_bytes_for_backward(channels_last):
 
 
 # ---------------------------------------------------------------------------------------------- paths
-def test_fused_and_modular_paths_agree():
-    class PlainL1(NF.L1Stats):  # overriding batch_stats disables the fused kernels (as a sync BN would)
-        def batch_stats(self, x3):
-            return super().batch_stats(x3)
-
-    assert NF.fused_kind(NF.L1Stats(eps=1e-5)) == 0 and NF.fused_kind(PlainL1(eps=1e-5)) is None
-    for cl in (False, True):
-        x = make_input((6, 5, 4, 4), torch.float64, cl).requires_grad_(True)
-        w = torch.rand(5, dtype=torch.float64, requires_grad=True)
-        b = torch.randn(5, dtype=torch.float64, requires_grad=True)
-        outs = []
-        for stats in (NF.L1Stats(eps=1e-5), PlainL1(eps=1e-5)):
-            y, mu, f, _ = NF.lp_batch_norm(x, w, b, stats)
-            gx, gw, gb = torch.autograd.grad(y, (x, w, b), torch.ones_like(y).cumsum(1))
-            outs.append((y, mu, f, gx, gw, gb))
-        for u, v in zip(*outs):
-            torch.testing.assert_close(u, v)
-
-
 def test_nan_input_gives_nan_not_a_crash():
     x = make_input((4, 3, 5, 5), torch.float32)
     x[1, 1, 2, 2] = float("nan")
@@ -412,7 +392,12 @@ def test_last_max_dev():
                 m(x)
                 assert m.last_max_dev.dim() == 0 and not m.last_max_dev.requires_grad
                 torch.testing.assert_close(m.last_max_dev, true, msg=name)
-    assert build_norm("l1", 3).double()(x) is not None
+    m = build_norm("linf", 3).double()
+    m(x)
+    seen = m.last_max_dev
+    m.eval()
+    m(2 * x)  # eval: running statistics, the last training batch's value stays
+    assert m.last_max_dev is seen
     m = build_norm("l1", 3).double()
     m(x)
     assert m.last_max_dev is None
@@ -457,8 +442,10 @@ def test_bad_input_messages():
     assert "num_features" in msg(lambda: build_norm("l1", 0))
     for name in ("l2", "l1", "linf", "topk", "mean"):
         m = build_norm(name, 4)
-        text = msg(lambda m=m: m(torch.randn(2, 4, 3)))
-        assert "3-D" in text and "(2, 4, 3)" in text
+        text = msg(lambda m=m: m(torch.randn(8)))
+        assert "1-D" in text and "(8,)" in text
+        text = msg(lambda m=m: m(torch.randn(2, 4, 1, 1, 1, 3)))
+        assert "6-D" in text and "5-D" in text
         text = msg(lambda m=m: m(torch.randn(2, 5, 3, 3)))
         assert "5 channels" in text and "num_features=4" in text
         text = msg(lambda m=m: m(torch.randn(1, 4)))

@@ -1,0 +1,225 @@
+"""Every batch norm's forward and backward composed from per-channel primitives, with the collectives of a
+synchronized norm (``comm``) between them:
+
+    forward:  sums = channel_sums(x3)           -> comm.sum_count -> mu = sums / n
+              dev_stats(x3, mu)  (l1, l2)       -> comm.sum / comm.max
+              topk_dev(x3, mu, k) (topk)        -> comm.topk: the global top-k of the candidates
+              formulas.finalize / scale (torch, per channel), then normalize(x3, mu, gamma/s, beta, y3)
+    backward: grad_sums(x3, dy3, mu)            -> comm.sum_count
+              formulas.lp_input_grad_coefs (torch), input_grad(x3, dy3, mu, a, kd, ks, c0, dx3)
+              (+ Top-k: scatter-add at the selected values)
+
+A backend (``backends.primitives``) is a module with these functions (tensors x3, dy3, out3: (A, C, B) views with
+any strides; per-channel vectors (C,) in the compute dtype cd; sums in float32, float64 for cd float64):
+    channel_sums(x3, cd) -> sums
+    dev_stats(x3, mu, cd, *, want_abs, want_sign, want_sq, want_max) -> (sum|d|, sum sign d, sum d^2, max|d|)
+    topk_dev(x3, mu, k, cd) -> ((C, k) signed d, (C, k) int64 index a*B + b), |d| descending
+    normalize(x3, mu, scale, shift, out3, cd)          out3 = (x - mu) * scale + shift
+    grad_sums(x3, dy3, mu, cd) -> (sum dy, sum dy*d)
+    input_grad(x3, dy3, mu, a, kd, ks, c0, out3, cd)   out3 = a*dy + kd*d + ks*sign(d) + c0
+and optionally ``scatter_add`` and the fused ``fused_forward``/``fused_backward`` (+ ``fusable``), used only
+without collectives. ``LOCAL`` is the no-collective ``comm`` (one process); ``sync.Collectives`` the other.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from normrepro.norms import backends
+from normrepro.norms import formulas as FM
+from normrepro.norms.layout import dense, like, view3
+
+Tensor = torch.Tensor
+
+
+class Local:
+    """The collectives of a single process: none (the statistics of this batch). ``fuse``: let a backend's fused
+    kernels replace the composed primitives (``Local(fuse=False)`` runs the primitives one by one)."""
+
+    def __init__(self, fuse: bool = True):
+        self.fuse = fuse
+
+    def sum_count(self, parts: list[Tensor], count: int) -> tuple[list[Tensor], int]:
+        """(the sums of ``parts`` over all processes, the total count): here the inputs."""
+        return parts, count
+
+    def sum(self, parts: list[Tensor]) -> list[Tensor]:
+        """The sums of ``parts`` over all processes: here the inputs."""
+        return parts
+
+    def max(self, t: Tensor) -> Tensor:
+        """The maximum of ``t`` over all processes: here t."""
+        return t
+
+    def topk(self, dev: Tensor, idx: Tensor, k: int) -> tuple[Tensor, Tensor]:
+        """(the (C, k) globally selected signed deviations, this process's share as ``encode_selection`` codes)."""
+        return dev, FM.encode_selection(idx, dev)
+
+
+LOCAL = Local()
+
+
+@dataclass
+class LpForward:
+    """Results of an Lp norm's training forward; None where not computed."""
+    y: Tensor            # the output, x's dtype and layout
+    mu: Tensor           # (C,) batch mean, cd
+    f: Tensor            # (C,) the scale without eps (running_scale follows it), cd
+    s: Tensor            # (C,) the denominator, cd
+    aux: Tensor | None   # (C,) l1: mean sign(d); topk: sum of the selected signs
+    sel: Tensor | None   # (C, k) int64 topk: this process's selected values (encode_selection)
+    max_dev: Tensor | None  # (C,) max |d| (topk: always; others when spec.want_max)
+    history: Tensor | None  # (C,) the ghost history after this batch
+
+
+def _vec(t: Tensor | None, cd: torch.dtype) -> Tensor | None:
+    if t is None:
+        return None
+    t = t.detach()
+    t = t if t.dtype == cd else t.to(cd)
+    return t if t.is_contiguous() else t.contiguous()
+
+
+def _fused(P, x3: Tensor, kind: str, cd: torch.dtype, comm) -> bool:
+    return comm.fuse and hasattr(P, "fused_forward") and P.fusable(x3, kind, cd)
+
+
+def lp_forward(x: Tensor, weight: Tensor | None, bias: Tensor | None, history: Tensor | None, spec: FM.LpSpec,
+               cd: torch.dtype, comm=LOCAL) -> LpForward:
+    """Training forward of an Lp batch norm (``spec``) of x (N, C, ...) with statistics in cd."""
+    xd = dense(x)
+    x3 = view3(xd)
+    P = backends.primitives(x3, cd)
+    n_local = x3.shape[0] * x3.shape[2]
+    gamma, beta, hist = _vec(weight, cd), _vec(bias, cd), _vec(history, cd)
+    y = torch.empty_like(xd)
+    y3 = view3(y)
+    if _fused(P, x3, spec.kind, cd, comm) and y3.is_contiguous():
+        return _fused_forward(P, x3, y, y3, gamma, beta, hist, spec, n_local)
+    (sums,), n = comm.sum_count([P.channel_sums(x3, cd)], n_local)
+    mu = (sums / n).to(cd)
+    aux = sel = max_dev = None
+    if spec.kind == "topk":
+        k = min(spec.k, int(n))
+        dev, idx = P.topk_dev(x3, mu, min(k, n_local), cd)
+        dev, sel = comm.topk(dev, idx, k)
+        stat, aux, max_dev = FM.topk_mean(dev), FM.sign_sum(dev), dev[:, 0].abs()
+    else:
+        l1 = spec.kind == "l1"
+        s_abs, s_sign, s_sq, max_dev = P.dev_stats(x3, mu, cd, want_abs=l1, want_sign=l1, want_sq=not l1,
+                                                   want_max=spec.want_max)
+        if l1:
+            s_abs, s_sign = comm.sum([s_abs, s_sign])
+            stat, aux = s_abs / n, (s_sign / n).to(cd)
+        else:
+            (s_sq,) = comm.sum([s_sq])
+            stat = s_sq / n
+        stat = stat.to(cd)
+        if max_dev is not None:
+            max_dev = comm.max(max_dev)
+    f = FM.finalize(spec, stat, n, hist)
+    s = FM.scale(spec, f)
+    P.normalize(x3, mu, s.reciprocal() if gamma is None else gamma / s, beta, y3, cd)
+    h_next = FM.next_history(spec, stat, n, hist) if hist is not None else None
+    return LpForward(y, mu, f, s, aux, sel, max_dev, h_next)
+
+
+def _fused_forward(P, x3, y, y3, gamma, beta, hist, spec: FM.LpSpec, n: int) -> LpForward:
+    """lp_forward through the backend's fused kernel (same formulas: f = f0 + cscale * stat)."""
+    cscale, f0 = FM.scale_terms(spec, n, hist)
+    k = min(spec.k, n)
+    mu, f, s, aux, max_dev = P.fused_forward(spec.kind, x3, gamma, beta, f0, spec.eps, cscale, k, spec.want_max, y3)
+    sel = h_next = None
+    if spec.kind == "topk":
+        dev, idx = aux
+        aux, sel, max_dev = FM.sign_sum(dev), FM.encode_selection(idx, dev), dev[:, 0].abs()
+        if hist is not None:
+            h_next = FM.next_history(spec, FM.topk_mean(dev), n, hist)
+    return LpForward(y, mu, f, s, aux, sel, max_dev, h_next)
+
+
+def lp_backward(dy: Tensor, x: Tensor, weight: Tensor | None, mu: Tensor, s: Tensor, aux: Tensor | None,
+                sel: Tensor | None, spec: FM.LpSpec, cd: torch.dtype, want_dx: bool = True,
+                comm=LOCAL) -> tuple[Tensor | None, Tensor, Tensor]:
+    """(dL/dx in x's dtype or None, dL/dgamma, dL/dbeta in cd) of ``lp_forward`` (this process's share of the
+    parameter gradients: n_local / n times the global sums, which DDP's all-reduce adds up)."""
+    xd = dense(x)
+    dyd = like(dy, xd)
+    x3, dy3 = view3(xd), view3(dyd)
+    P = backends.primitives(x3, cd)
+    n_local = x3.shape[0] * x3.shape[2]
+    gamma = _vec(weight, cd)
+    if want_dx and _fused(P, x3, spec.kind, cd, comm) and dy3.dtype == cd:
+        return _fused_backward(P, x3, dy3, xd, gamma, mu, s, aux, sel, spec, n_local)
+    if spec.kind == "topk" and aux is None:  # a single process: the signs of its own selection
+        aux = FM.decode_selection(sel, cd)[1].sum(1)
+    s1, s2 = P.grad_sums(x3, dy3, mu, cd)
+    (s1, s2), n = comm.sum_count([s1, s2], n_local)
+    mean_dy, mean_dyd = (s1 / n).to(cd), (s2 / n).to(cd)
+    dx = None
+    if want_dx:
+        k = sel.shape[1] if sel is not None else 1
+        co = FM.lp_input_grad_coefs(spec, n, k, s, gamma, mean_dy, mean_dyd, aux)
+        topk_extra = co.wq is not None and x.dtype != cd  # the scatter-add is done in cd too
+        dx = torch.empty_like(xd, dtype=cd if topk_extra else xd.dtype)
+        dx3 = view3(dx)
+        P.input_grad(x3, dy3, mu, co.a, co.kd, co.ks, co.c0, dx3, cd)
+        if co.wq is not None:
+            idx, sgn = FM.decode_selection(sel, cd)
+            _scatter_add(P, dx3, idx, co.wq.unsqueeze(1) * sgn)
+        if topk_extra:
+            dx = dx.to(xd.dtype)
+    return dx, mean_dyd / s * n_local, mean_dy * n_local
+
+
+def _fused_backward(P, x3, dy3, xd, gamma, mu, s, aux, sel, spec: FM.LpSpec, n: int):
+    idx = None
+    if spec.kind == "topk":
+        idx, aux = FM.decode_selection(sel, x3.dtype)
+    dx = torch.empty_like(xd)
+    s1, s2 = P.fused_backward(spec.kind, x3, dy3, mu, s, gamma, FM.stat_scale(spec, n), aux, idx, view3(dx))
+    return dx, s2 / s, s1
+
+
+def _scatter_add(P, dx3: Tensor, idx: Tensor, w: Tensor) -> None:
+    """dx3[i // B, c, i % B] += w[c, j] at the (C, k) selected indices i = idx[c, j]."""
+    if hasattr(P, "scatter_add") and dx3.is_contiguous():
+        P.scatter_add(dx3, idx, w.to(dx3.dtype))
+        return
+    c, k = idx.shape
+    b = dx3.shape[2]
+    ch = torch.arange(c, device=idx.device).unsqueeze(1).expand(c, k)
+    dx3.index_put_((idx // b, ch, idx % b), w.to(dx3.dtype), accumulate=True)
+
+
+def mean_forward(x: Tensor, bias: Tensor | None, cd: torch.dtype, want_max: bool = False,
+                 comm=LOCAL) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Mean-only batch norm, training: (y = x - mu + beta, mu, max|x - mu| or None)."""
+    xd = dense(x)
+    x3 = view3(xd)
+    P = backends.primitives(x3, cd)
+    (sums,), n = comm.sum_count([P.channel_sums(x3, cd)], x3.shape[0] * x3.shape[2])
+    mu = (sums / n).to(cd)
+    y = torch.empty_like(xd)
+    P.normalize(x3, mu, torch.ones_like(mu), _vec(bias, cd), view3(y), cd)
+    max_dev = None
+    if want_max:
+        max_dev = comm.max(P.dev_stats(x3, mu, cd, want_abs=False, want_sign=False, want_sq=False,
+                                       want_max=True)[3])
+    return y, mu, max_dev
+
+
+def mean_backward(dy: Tensor, cd: torch.dtype, want_dx: bool = True, comm=LOCAL) -> tuple[Tensor | None, Tensor]:
+    """(dL/dx = dy - mean(dy) or None, dL/dbeta in cd: this process's share, as in ``lp_backward``)."""
+    dyd = dense(dy)
+    dy3 = view3(dyd)
+    P = backends.primitives(dy3, cd)
+    n_local = dy3.shape[0] * dy3.shape[2]
+    (s1,), n = comm.sum_count([P.grad_sums(None, dy3, None, cd)[0]], n_local)
+    mean_dy = (s1 / n).to(cd)
+    dx = None
+    if want_dx:
+        dx = torch.empty_like(dyd)
+        P.input_grad(None, dy3, None, torch.ones_like(mean_dy), None, None, -mean_dy, view3(dx), cd)
+    return dx, mean_dy * n_local

@@ -1,0 +1,151 @@
+"""The norms as registered torch operators (``torch.library.custom_op``, namespace ``normrepro``):
+
+    torch.ops.normrepro.lp_norm_fwd / lp_norm_bwd      l1, topk (L-inf, ghost Top-k), l2 (impl=lp)
+    torch.ops.normrepro.mean_norm_fwd / mean_norm_bwd  mean-only batch norm
+
+Each has a fake (meta) implementation and the forward has its autograd formula (the backward op), so
+``torch.compile(model, fullgraph=True)`` keeps each norm as one opaque op: the compiled graph calls the backend's
+kernels (the C++ CPU kernels included) instead of tracing them. The implementation is ``compose.py``'s on the
+backend chosen at run time (``backends.py``). The forward saves x (the one activation-sized tensor) and per-channel
+vectors for the backward. ``lp_norm`` / ``mean_norm`` are the differentiable entry points the layers call.
+"""
+from __future__ import annotations
+
+import torch
+
+from normrepro.norms import compose
+from normrepro.norms import formulas as FM
+from normrepro.norms.layout import dense, geometry
+
+Tensor = torch.Tensor
+_LIB = "normrepro"
+
+
+def _spec(kind: str, eps: float, c: float, k: int, beta: float, ghost_bug: bool, want_max: bool) -> FM.LpSpec:
+    return FM.LpSpec(kind=kind, eps=eps, c=c, k=k, beta=beta, ghost_bug=ghost_bug, want_max=want_max)
+
+
+def _or_empty(t: Tensor | None, like: Tensor, dtype=None) -> Tensor:
+    return like.new_empty(0, dtype=dtype) if t is None else t.contiguous().clone() if t._base is not None else t
+
+
+# ------------------------------------------------------------------------------------------- Lp norms
+@torch.library.custom_op(f"{_LIB}::lp_norm_fwd", mutates_args=())
+def lp_norm_fwd(x: Tensor, weight: Tensor | None, bias: Tensor | None, history: Tensor | None, kind: str, eps: float,
+                c: float, k: int, beta: float, ghost_bug: bool, cd: torch.dtype, want_max: bool
+                ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Training forward: (y, mu, f, s, aux, sel, max_dev, history_next); empty tensors where not computed."""
+    r = compose.lp_forward(x, weight, bias, history, _spec(kind, eps, c, k, beta, ghost_bug, want_max), cd)
+    mu = r.mu
+    return (r.y, mu, _or_empty(r.f, mu), _or_empty(r.s, mu), _or_empty(r.aux, mu),
+            _or_empty(r.sel, mu, torch.int64), _or_empty(r.max_dev, mu), _or_empty(r.history, mu))
+
+
+@lp_norm_fwd.register_fake
+def _(x, weight, bias, history, kind, eps, c, k, beta, ghost_bug, cd, want_max):
+    a, ch, b = geometry(x)
+    vec = x.new_empty(ch, dtype=cd)
+    empty = x.new_empty(0, dtype=cd)
+    topk = kind == "topk"
+    kk = min(k, a * b)
+    return (torch.empty_like(dense(x)), vec, vec.clone(), vec.clone(),
+            vec.clone() if kind in ("l1", "topk") else empty,
+            x.new_empty(ch, kk, dtype=torch.int64) if topk else x.new_empty(0, dtype=torch.int64),
+            vec.clone() if topk or want_max else empty.clone(),
+            vec.clone() if history is not None and topk else empty.clone())
+
+
+@torch.library.custom_op(f"{_LIB}::lp_norm_bwd", mutates_args=())
+def lp_norm_bwd(dy: Tensor, x: Tensor, weight: Tensor | None, mu: Tensor, s: Tensor, aux: Tensor, sel: Tensor,
+                kind: str, eps: float, c: float, k: int, beta: float, cd: torch.dtype, want_dx: bool
+                ) -> tuple[Tensor, Tensor, Tensor]:
+    """Backward: (dx or empty, dgamma, dbeta) with the parameter gradients in cd."""
+    spec = _spec(kind, eps, c, k, beta, False, False)
+    dx, dw, db = compose.lp_backward(dy, x, weight, mu, s, aux if aux.numel() else None,
+                                     sel if sel.numel() else None, spec, cd, want_dx)
+    return (_or_empty(dx, x), dw, db)
+
+
+@lp_norm_bwd.register_fake
+def _(dy, x, weight, mu, s, aux, sel, kind, eps, c, k, beta, cd, want_dx):
+    ch = x.shape[1]
+    dx = torch.empty_like(dense(x)) if want_dx else x.new_empty(0)
+    return dx, x.new_empty(ch, dtype=cd), x.new_empty(ch, dtype=cd)
+
+
+def _lp_setup(ctx, inputs, output):
+    x, weight, bias, history, kind, eps, c, k, beta, ghost_bug, cd, want_max = inputs
+    _y, mu, _f, s, aux, sel, _mx, _h = output
+    if kind == "topk":  # the sum of the selected signs is recomputed from sel: BatchNorm's bytes for L-inf
+        aux = aux.new_empty(0)
+    ctx.save_for_backward(x, weight, mu, s, aux, sel)
+    ctx.args = (kind, eps, c, k, beta, cd)
+    ctx.weight_dtype = weight.dtype if weight is not None else None
+    ctx.bias_dtype = bias.dtype if bias is not None else None
+
+
+def _lp_backward(ctx, dy, *_unused):
+    x, weight, mu, s, aux, sel = ctx.saved_tensors
+    want = ctx.needs_input_grad
+    dx, dw, db = torch.ops.normrepro.lp_norm_bwd(dy, x, weight, mu, s, aux, sel, *ctx.args, want[0])
+    return (dx if want[0] else None,
+            dw.to(ctx.weight_dtype) if ctx.weight_dtype is not None and want[1] else None,
+            db.to(ctx.bias_dtype) if ctx.bias_dtype is not None and want[2] else None,
+            None, None, None, None, None, None, None, None, None)
+
+
+lp_norm_fwd.register_autograd(_lp_backward, setup_context=_lp_setup)
+
+
+def lp_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, history: Tensor | None, spec: FM.LpSpec,
+            cd: torch.dtype) -> tuple[Tensor, ...]:
+    """Differentiable Lp batch norm of x (training): ``lp_norm_fwd``'s outputs (only y carries a gradient)."""
+    return torch.ops.normrepro.lp_norm_fwd(x, weight, bias, history, spec.kind, spec.eps, spec.c, spec.k, spec.beta,
+                                           spec.ghost_bug, cd, spec.want_max)
+
+
+# ------------------------------------------------------------------------------------------- mean-only
+@torch.library.custom_op(f"{_LIB}::mean_norm_fwd", mutates_args=())
+def mean_norm_fwd(x: Tensor, bias: Tensor | None, cd: torch.dtype, want_max: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """Training forward of mean-only BN: (y = x - mu + beta, mu, max|x - mu| or empty)."""
+    y, mu, mx = compose.mean_forward(x, bias, cd, want_max)
+    return y, mu, _or_empty(mx, mu)
+
+
+@mean_norm_fwd.register_fake
+def _(x, bias, cd, want_max):
+    ch = x.shape[1]
+    return torch.empty_like(dense(x)), x.new_empty(ch, dtype=cd), x.new_empty(ch if want_max else 0, dtype=cd)
+
+
+@torch.library.custom_op(f"{_LIB}::mean_norm_bwd", mutates_args=())
+def mean_norm_bwd(dy: Tensor, cd: torch.dtype, want_dx: bool) -> tuple[Tensor, Tensor]:
+    """Backward of mean-only BN: (dx = dy - mean(dy) or empty, dbeta in cd)."""
+    dx, db = compose.mean_backward(dy, cd, want_dx)
+    return _or_empty(dx, dy), db
+
+
+@mean_norm_bwd.register_fake
+def _(dy, cd, want_dx):
+    return (torch.empty_like(dense(dy)) if want_dx else dy.new_empty(0)), dy.new_empty(dy.shape[1], dtype=cd)
+
+
+def _mean_setup(ctx, inputs, output):
+    _x, bias, cd, _want_max = inputs
+    ctx.cd = cd
+    ctx.bias_dtype = bias.dtype if bias is not None else None
+
+
+def _mean_backward(ctx, dy, *_unused):
+    want = ctx.needs_input_grad
+    dx, db = torch.ops.normrepro.mean_norm_bwd(dy, ctx.cd, want[0])
+    return (dx if want[0] else None, db.to(ctx.bias_dtype) if ctx.bias_dtype is not None and want[1] else None,
+            None, None)
+
+
+mean_norm_fwd.register_autograd(_mean_backward, setup_context=_mean_setup)
+
+
+def mean_norm(x: Tensor, bias: Tensor | None, cd: torch.dtype, want_max: bool = False) -> tuple[Tensor, ...]:
+    """Differentiable mean-only batch norm of x (training): ``mean_norm_fwd``'s outputs."""
+    return torch.ops.normrepro.mean_norm_fwd(x, bias, cd, want_max)
