@@ -30,7 +30,7 @@ BACKENDS = ["native", "torch"]  # the compiled CPU kernels and the torch-ops pat
 
 def reference(name: str, x: torch.Tensor, w, b, eps: float = 1e-5, k: int = 10) -> torch.Tensor:
     """The formulas of docs/paper.md §1.3 written plainly (autograd differentiates them)."""
-    dims = (0,) if x.dim() == 2 else (0, 2, 3)
+    dims = (0, *range(2, x.dim()))
     shape = (1, -1) + (1,) * (x.dim() - 2)
     n = x.numel() // x.shape[1]
     mu = x.mean(dims, keepdim=True)
@@ -59,7 +59,7 @@ def make_input(shape, dtype, channels_last=False, seed=0, scale=2.0, shift=0.5):
     g = torch.Generator().manual_seed(seed)
     x = (torch.randn(shape, generator=g, dtype=torch.float64) * scale + shift).to(dtype)
     if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last_3d if x.dim() == 5 else torch.channels_last)
     return x
 
 
@@ -80,7 +80,8 @@ def compare_with_reference(name, shape, dtype, channels_last, opts=None, k=10):
     dy = make_input(shape, dtype, channels_last, seed=2, scale=1.0, shift=0.0)
     y = m(x)
     y.backward(dy)
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    fmt = torch.contiguous_format if not channels_last else \
+        torch.channels_last_3d if len(shape) == 5 else torch.channels_last
     assert y.dtype == dtype and y.is_contiguous(memory_format=fmt), "layout or dtype not kept"
 
     x64 = x.detach().double().requires_grad_(True)
@@ -115,6 +116,9 @@ def test_against_reference_2d_and_shapes(name, be):
         compare_with_reference(name, (37, 6), torch.float64, False)
         compare_with_reference(name, (4, 3, 16, 20), torch.float32, False)  # runs of 320 >= 256 values
         compare_with_reference(name, (3, 4, 1, 1), torch.float64, True)  # n = 3 < k: k capped at n
+        compare_with_reference(name, (5, 3, 7), torch.float64, False)  # (N, C, L), as BatchNorm1d takes
+        compare_with_reference(name, (3, 4, 2, 3, 4), torch.float64, False)  # (N, C, D, H, W): BatchNorm3d's
+        compare_with_reference(name, (3, 4, 2, 3, 4), torch.float32, True)  # channels_last_3d
 
 
 @pytest.mark.parametrize("be", BACKENDS)

@@ -75,7 +75,8 @@ def _(dy, x, weight, mu, s, aux, sel, kind, eps, c, k, beta, cd, want_dx):
 
 def _lp_setup(ctx, inputs, output):
     x, weight, bias, history, kind, eps, c, k, beta, ghost_bug, cd, want_max = inputs
-    _y, mu, _f, s, aux, sel, _mx, _h = output
+    _y, mu, f, s, aux, sel, mx, h = output
+    ctx.mark_non_differentiable(mu, f, s, aux, sel, mx, h)
     if kind == "topk":  # the sum of the selected signs is recomputed from sel: BatchNorm's bytes for L-inf
         aux = aux.new_empty(0)
     ctx.save_for_backward(x, weight, mu, s, aux, sel)
@@ -132,6 +133,7 @@ def _(dy, cd, want_dx):
 
 def _mean_setup(ctx, inputs, output):
     _x, bias, cd, _want_max = inputs
+    ctx.mark_non_differentiable(*output[1:])
     ctx.cd = cd
     ctx.bias_dtype = bias.dtype if bias is not None else None
 
