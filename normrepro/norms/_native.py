@@ -163,6 +163,7 @@ def lib():
 
 
 def error() -> str | None:
+    """Why the library could not be built (None when it was, or was not tried yet)."""
     return _error
 
 

@@ -121,6 +121,7 @@ class SyncLpFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, history, spec: FM.LpSpec, cd: torch.dtype, comm: Collectives):
+        """The global-batch statistics and output: (y, mu, f, max_dev or empty, history_next or empty)."""
         ctx.set_materialize_grads(False)
         r = compose.lp_forward(x, weight, bias, history, spec, cd, comm)
         ctx.save_for_backward(x, weight, r.mu, r.s, r.aux, r.sel)
@@ -133,6 +134,7 @@ class SyncLpFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy, *_unused):
+        """dx from the globally all-reduced sums; this rank's share of dgamma, dbeta."""
         if dy is None:
             return (None,) * 7
         x, weight, mu, s, aux, sel = ctx.saved_tensors
@@ -149,6 +151,7 @@ class SyncMeanFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, bias, cd: torch.dtype, want_max: bool, comm: Collectives):
+        """(y = x - mu_global + beta, mu_global, max_dev or empty)."""
         ctx.set_materialize_grads(False)
         y, mu, mx = compose.mean_forward(x, bias, cd, want_max, comm)
         ctx.cd, ctx.comm, ctx.bias_dtype = cd, comm, None if bias is None else bias.dtype
@@ -158,6 +161,7 @@ class SyncMeanFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy, *_unused):
+        """dx = dy - mean_global(dy); this rank's share of dbeta."""
         if dy is None:
             return (None,) * 5
         want = ctx.needs_input_grad
@@ -222,6 +226,7 @@ class SyncBatchNorm(_Sync, BatchNorm):
     those on CPU modules, and torch's sync kernels refuse CPU tensors."""
 
     def forward(self, x: Tensor) -> Tensor:
+        """Training: sigma over the global batch; eval: the running statistics."""
         if not self.training:
             return super().forward(x)
         check_input(self, x)
