@@ -76,11 +76,12 @@ def test_ghost_matches_independent_formula_over_steps(bug, channels_last, be):
             torch.testing.assert_close(m.running_mean, rm, rtol=1e-12, atol=1e-12)
             torch.testing.assert_close(m.running_scale, rs, rtol=1e-12, atol=1e-12)
         m.eval()
+        before = m.topk_history.clone()
         x = batch(7, channels_last)
         want = (x - rm.view(1, -1, 1, 1)) / (rs.view(1, -1, 1, 1) + eps) * m.weight.view(1, -1, 1, 1) \
             + m.bias.view(1, -1, 1, 1)
         torch.testing.assert_close(m(x), want)
-        assert torch.equal(m.topk_history, h)  # eval leaves the history alone
+        assert torch.equal(m.topk_history, before)  # eval leaves the history alone
 
 
 def test_history_fixed_points():

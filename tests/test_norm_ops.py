@@ -174,11 +174,14 @@ def test_backend_choice_and_errors(monkeypatch):
     with backend("torch"):
         assert get_backend() == "torch" and backends.primitives(x32, torch.float32) is PT
     monkeypatch.setenv("NORMREPRO_NORM_BACKEND", "torch")
+    set_backend(None)  # read the environment again
     assert backends.primitives(x32, torch.float32) is PT
     monkeypatch.setenv("NORMREPRO_NORM_BACKEND", "cuda")
+    set_backend(None)
     with pytest.raises(ConfigError, match="unknown NORMREPRO_NORM_BACKEND 'cuda'; choose one of: auto, native"):
         build_norm("l1", 3)(x32)
     monkeypatch.delenv("NORMREPRO_NORM_BACKEND")
+    set_backend(None)
     with pytest.raises(ConfigError, match="unknown norm backend 'gpu'"):
         set_backend("gpu")
     monkeypatch.setenv("NORMREPRO_NATIVE", "0")  # off: auto uses torch ops, a forced native says why it cannot

@@ -479,13 +479,18 @@ void view_topk(const T* __restrict__ p, i64 rs, i64 A, i64 L, i64 B, const T* __
   for (auto& Lc : lists) Lc.finish();
 }
 
-// dx[channel ch, index i] += w for the k selected indices of each channel of the view
-template <typename T>
+// dx[channel ch, index i] += w for the k selected indices of each channel of the view (kCodes: idx holds
+// selection codes (i + 1) * sign, 0 = nothing to add)
+template <typename T, bool kCodes = false>
 void view_scatter_add(T* __restrict__ pd, i64 rs, i64 nch, i64 B, int k, const i64* __restrict__ idx,
                       const T* __restrict__ w) {
   for (i64 ch = 0; ch < nch; ++ch)
     for (int j = 0; j < k; ++j) {
-      const i64 i = idx[ch * k + j];
+      i64 i = idx[ch * k + j];
+      if (kCodes) {
+        if (i == 0) continue;
+        i = (i < 0 ? -i : i) - 1;
+      }
       pd[(i / B) * rs + ch * B + (i % B)] += w[ch * k + j];
     }
 }
@@ -524,12 +529,13 @@ enum Kind { kL1 = 0, kTopk = 1 };
 
 // Fused training forward of one norm: statistics and output.
 //   kind L1:   stat = mean|x - mu|;                 aux1[c] = mean sign(x - mu)
-//   kind Topk: stat = mean of the k largest |x-mu|; aux1[c*k + j] = signed deviations, aux2 = indices
+//   kind Topk: stat = mean of the k largest |x-mu|; aux1[c*k + j] = signed deviations, aux2 = their selection
+//              codes (index + 1) * sign(deviation) (0: a zero or NaN deviation), max_abs = the largest |x - mu|
 //   f = f0 + cscale * stat (f0 per channel, may be null: 0), s = f + eps,
-//   y = (x - mu) * gamma / s + beta (gamma, beta may be null); max_abs optional (L1).
+//   y = (x - mu) * gamma / s + beta (gamma, beta may be null); max_abs and stat_out (stat per channel) optional.
 template <typename T>
 void fused_forward(int kind, const T* x, i64 A, i64 C, i64 B, const T* gamma, const T* beta, const T* f0, T eps,
-                   T cscale, int k, T* y, T* mu, T* f, T* s, T* aux1, i64* aux2, T* max_abs, int nt) {
+                   T cscale, int k, T* y, T* mu, T* f, T* s, T* aux1, i64* aux2, T* max_abs, T* stat_out, int nt) {
   const i64 n = A * B;
   const Geometry G(A, C, B, nt);
   nt = threads_for(nt, A * C * B);
@@ -557,16 +563,23 @@ void fused_forward(int kind, const T* x, i64 A, i64 C, i64 B, const T* gamma, co
         }
       } else {
         T* dv = aux1 + c0 * k;
-        view_topk(p, rs, A, L, B, mu + c0, k, dv, aux2 + c0 * k, S);
+        i64* code = aux2 + c0 * k;
+        view_topk(p, rs, A, L, B, mu + c0, k, dv, code, S);
         for (i64 ch = 0; ch < nch; ++ch) {
           T sum = 0;
-          for (int j = 0; j < k; ++j) sum += std::abs(dv[ch * k + j]);
+          for (int j = 0; j < k; ++j) {
+            const T d = dv[ch * k + j];
+            sum += std::abs(d);
+            code[ch * k + j] = (code[ch * k + j] + 1) * i64(sign_of(d));
+          }
           stat[ch] = sum / T(k);
+          if (max_abs) max_abs[c0 + ch] = std::abs(dv[ch * k]);
         }
       }
       for (i64 ch = 0; ch < nch; ++ch) {
         const i64 c = c0 + ch;
         f[c] = (f0 ? f0[c] : T(0)) + cscale * stat[ch];
+        if (stat_out) stat_out[c] = stat[ch];
         s[c] = f[c] + eps;
         sc[c] = gamma ? gamma[c] / s[c] : T(1) / s[c];
         sh[c] = beta ? beta[c] : T(0);
@@ -586,7 +599,7 @@ void fused_forward(int kind, const T* x, i64 A, i64 C, i64 B, const T* gamma, co
 
 // Fused backward: the sums, then dx (see normrepro/norms/formulas.py for the coefficients).
 //   L1:   aux1[c] = mean sign(x - mu);  dx = a*dy - cscale*q*sign(x - mu) + c0
-//   Topk: aux1[c*k + j] = sign of the selected deviations, aux2 = their indices;
+//   Topk: aux2 = the selection codes of fused_forward (aux1 unused);
 //         dx = a*dy + c0, plus w at the selected values
 // Writes dx and the per-channel sum dy, sum dy*(x - mu).
 template <typename T>
@@ -619,15 +632,16 @@ void fused_backward(int kind, const T* x, const T* dy, i64 A, i64 C, i64 B, cons
           cz[c] = -a * mdy - ck[c] * aux1[c];
         } else {
           T sg = 0;
-          for (int j = 0; j < k; ++j) sg += aux1[c * k + j];
+          for (int j = 0; j < k; ++j) sg += T((aux2[c * k + j] > 0) - (aux2[c * k + j] < 0));
           cz[c] = -a * mdy + q * (cscale / T(k)) * sg;
-          for (int j = 0; j < k; ++j) w[c * k + j] = -q * (cscale * T(n) / T(k)) * aux1[c * k + j];
+          for (int j = 0; j < k; ++j)
+            w[c * k + j] = -q * (cscale * T(n) / T(k)) * T((aux2[c * k + j] > 0) - (aux2[c * k + j] < 0));
         }
       }
       if (B > 1) {
         input_grad_any(x + off, dy + off, dx + off, rs, A, L, B, mu + c0, ca + c0, (const T*)nullptr,
                        kind == kL1 ? ck + c0 : nullptr, cz + c0, S);
-        if (kind == kTopk) view_scatter_add(dx + off, rs, nch, B, k, aux2 + c0 * k, w + c0 * k);
+        if (kind == kTopk) view_scatter_add<T, true>(dx + off, rs, nch, B, k, aux2 + c0 * k, w + c0 * k);
       }
     }
     if (B == 1) {
@@ -640,7 +654,7 @@ void fused_backward(int kind, const T* x, const T* dy, i64 A, i64 C, i64 B, cons
       }
       if (kind == kTopk) {
 #pragma omp single
-        view_scatter_add(dx, G.rs(), C, B, k, aux2, w);
+        view_scatter_add<T, true>(dx, G.rs(), C, B, k, aux2, w);
       }
     }
   }
@@ -703,9 +717,9 @@ void fused_backward(int kind, const T* x, const T* dy, i64 A, i64 C, i64 B, cons
   }                                                                                                          \
   extern "C" void nr_fwd_##SUF(int kind, const T* x, i64 A, i64 C, i64 B, const T* gamma, const T* beta,   \
                                const T* f0, T eps, T cscale, int k, T* y, T* mu, T* f, T* s, T* aux1,       \
-                               i64* aux2, T* max_abs, int nt) {                                              \
+                               i64* aux2, T* max_abs, T* stat, int nt) {                                     \
     fused_forward<T>(kind, x, A, C, B, gamma, beta, f0, eps, cscale, k, y, mu, f, s, aux1, aux2, max_abs,    \
-                     nt);                                                                                    \
+                     stat, nt);                                                                              \
   }                                                                                                          \
   extern "C" void nr_bwd_##SUF(int kind, const T* x, const T* dy, i64 A, i64 C, i64 B, const T* mu,       \
                                const T* s, const T* gamma, T cscale, int k, const T* aux1, const i64* aux2,  \
@@ -716,4 +730,4 @@ void fused_backward(int kind, const T* x, const T* dy, i64 A, i64 C, i64 B, cons
 NR_EXPORT(float, f32)
 NR_EXPORT(double, f64)
 
-extern "C" int nr_abi_version() { return 3; }
+extern "C" int nr_abi_version() { return 4; }

@@ -25,7 +25,7 @@ import torch
 SOURCE = Path(__file__).with_name("_kernels.cpp")
 FLAGS = ["-O3", "-march=native", "-fPIC", "-shared", "-std=c++17", "-fno-math-errno", "-fno-trapping-math",
          "-fassociative-math", "-fno-signed-zeros"]
-ABI_VERSION = 3
+ABI_VERSION = 4
 
 _lock = threading.Lock()
 _FUNCS: dict = {}
@@ -51,8 +51,8 @@ _SIGNATURES = {
     "nr_input_grad": [_f, _f, _i64, _i64, _i64, _f, _f, _f, _f, _f, _f, _int],
     # dx, A, C, B, k, idx, w
     "nr_scatter_add": [_f, _i64, _i64, _i64, _int, _f, _f],
-    # kind, x, A, C, B, gamma, beta, f0, eps, cscale, k, y, mu, f, s, aux1, aux2, max_abs, nt
-    "nr_fwd": [_int, _f, _i64, _i64, _i64, _f, _f, _f, "T", "T", _int, _f, _f, _f, _f, _f, _f, _f, _int],
+    # kind, x, A, C, B, gamma, beta, f0, eps, cscale, k, y, mu, f, s, aux1, aux2, max_abs, stat, nt
+    "nr_fwd": [_int, _f, _i64, _i64, _i64, _f, _f, _f, "T", "T", _int, _f, _f, _f, _f, _f, _f, _f, _f, _int],
     # kind, x, dy, A, C, B, mu, s, gamma, cscale, k, aux1, aux2, dx, sum_dy, sum_dyd, nt
     "nr_bwd": [_int, _f, _f, _i64, _i64, _i64, _f, _f, _f, "T", _int, _f, _f, _f, _f, _f, _int],
 }

@@ -9,8 +9,9 @@
             Triton cannot run
 
 A backend is a module with the primitives of ``compose.py``; ``PRIMITIVE_MODULES`` is the table (one line per
-backend). ``set_backend`` / ``with backend(name):`` override the environment variable for this process; the choice
-is read when a norm runs, so it also applies inside compiled graphs (the norm ops are opaque to torch.compile).
+backend). The environment variable is read when a norm first runs; ``set_backend`` / ``with backend(name):``
+override it for this process (``set_backend(None)`` reads the variable again). The choice is looked up whenever a
+norm runs, so it also applies inside compiled graphs (the norm ops are opaque to torch.compile).
 """
 from __future__ import annotations
 
@@ -34,19 +35,22 @@ PRIMITIVE_MODULES = {
     "triton": "normrepro.norms.triton_kernels",
 }
 
-_override: str | None = None
+_override: str | None = None  # set_backend's choice, else the environment's (read once)
 
 
 def get_backend() -> str:
     """The configured backend name (``set_backend``'s, else the environment variable's, default auto)."""
-    name = _override if _override is not None else os.environ.get(ENV, "auto").strip() or "auto"
-    if name not in BACKENDS:
-        raise choice_error(ENV, name, BACKENDS)
-    return name
+    global _override
+    if _override is None:
+        name = os.environ.get(ENV, "auto").strip() or "auto"
+        if name not in BACKENDS:
+            raise choice_error(ENV, name, BACKENDS)
+        _override = name
+    return _override
 
 
 def set_backend(name: str | None) -> None:
-    """Use backend ``name`` (one of BACKENDS) from now on; None: back to the environment variable."""
+    """Use backend ``name`` (one of BACKENDS) from now on; None: the environment variable's (read again)."""
     global _override
     if name is not None and name not in BACKENDS:
         raise choice_error("norm backend", name, BACKENDS)

@@ -37,6 +37,8 @@ class Local:
     """The collectives of a single process: none (the statistics of this batch). ``fuse``: let a backend's fused
     kernels replace the composed primitives (``Local(fuse=False)`` runs the primitives one by one)."""
 
+    local = True
+
     def __init__(self, fuse: bool = True):
         self.fuse = fuse
 
@@ -52,9 +54,10 @@ class Local:
         """The maximum of ``t`` over all processes: here t."""
         return t
 
-    def topk(self, dev: Tensor, idx: Tensor, k: int) -> tuple[Tensor, Tensor]:
-        """(the (C, k) globally selected signed deviations, this process's share as ``encode_selection`` codes)."""
-        return dev, FM.encode_selection(idx, dev)
+    def topk(self, dev: Tensor, idx: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor | None]:
+        """(the (C, k) globally selected signed deviations, this process's share as ``encode_selection`` codes, the
+        global sum of the selected signs or None when the codes hold them all)."""
+        return dev, FM.encode_selection(idx, dev), None
 
 
 LOCAL = Local()
@@ -67,7 +70,7 @@ class LpForward:
     mu: Tensor           # (C,) batch mean, cd
     f: Tensor            # (C,) the scale without eps (running_scale follows it), cd
     s: Tensor            # (C,) the denominator, cd
-    aux: Tensor | None   # (C,) l1: mean sign(d); topk: sum of the selected signs
+    aux: Tensor | None   # (C,) l1: mean sign(d); topk with collectives: the global sum of the selected signs
     sel: Tensor | None   # (C, k) int64 topk: this process's selected values (encode_selection)
     max_dev: Tensor | None  # (C,) max |d| (topk: always; others when spec.want_max)
     history: Tensor | None  # (C,) the ghost history after this batch
@@ -103,8 +106,8 @@ def lp_forward(x: Tensor, weight: Tensor | None, bias: Tensor | None, history: T
     if spec.kind == "topk":
         k = min(spec.k, int(n))
         dev, idx = P.topk_dev(x3, mu, min(k, n_local), cd)
-        dev, sel = comm.topk(dev, idx, k)
-        stat, aux, max_dev = FM.topk_mean(dev), FM.sign_sum(dev), dev[:, 0].abs()
+        dev, sel, aux = comm.topk(dev, idx, k)
+        stat, max_dev = FM.topk_mean(dev), dev[:, 0].abs()
     else:
         l1 = spec.kind == "l1"
         s_abs, s_sign, s_sq, max_dev = P.dev_stats(x3, mu, cd, want_abs=l1, want_sign=l1, want_sq=not l1,
@@ -128,15 +131,12 @@ def lp_forward(x: Tensor, weight: Tensor | None, bias: Tensor | None, history: T
 def _fused_forward(P, x3, y, y3, gamma, beta, hist, spec: FM.LpSpec, n: int) -> LpForward:
     """lp_forward through the backend's fused kernel (same formulas: f = f0 + cscale * stat)."""
     cscale, f0 = FM.scale_terms(spec, n, hist)
-    k = min(spec.k, n)
-    mu, f, s, aux, max_dev = P.fused_forward(spec.kind, x3, gamma, beta, f0, spec.eps, cscale, k, spec.want_max, y3)
-    sel = h_next = None
-    if spec.kind == "topk":
-        dev, idx = aux
-        aux, sel, max_dev = FM.sign_sum(dev), FM.encode_selection(idx, dev), dev[:, 0].abs()
-        if hist is not None:
-            h_next = FM.next_history(spec, FM.topk_mean(dev), n, hist)
-    return LpForward(y, mu, f, s, aux, sel, max_dev, h_next)
+    mu, f, s, aux, max_dev, stat = P.fused_forward(spec.kind, x3, gamma, beta, f0, spec.eps, cscale, min(spec.k, n),
+                                                   spec.want_max, hist is not None, y3)
+    if spec.kind != "topk":
+        return LpForward(y, mu, f, s, aux, None, max_dev, None)
+    h_next = FM.next_history(spec, stat, n, hist) if hist is not None else None
+    return LpForward(y, mu, f, s, None, aux, max_dev, h_next)
 
 
 def lp_backward(dy: Tensor, x: Tensor, weight: Tensor | None, mu: Tensor, s: Tensor, aux: Tensor | None,
@@ -174,11 +174,9 @@ def lp_backward(dy: Tensor, x: Tensor, weight: Tensor | None, mu: Tensor, s: Ten
 
 
 def _fused_backward(P, x3, dy3, xd, gamma, mu, s, aux, sel, spec: FM.LpSpec, n: int):
-    idx = None
-    if spec.kind == "topk":
-        idx, aux = FM.decode_selection(sel, x3.dtype)
     dx = torch.empty_like(xd)
-    s1, s2 = P.fused_backward(spec.kind, x3, dy3, mu, s, gamma, FM.stat_scale(spec, n), aux, idx, view3(dx))
+    s1, s2 = P.fused_backward(spec.kind, x3, dy3, mu, s, gamma, FM.stat_scale(spec, n),
+                              sel if spec.kind == "topk" else aux, view3(dx))
     return dx, s2 / s, s1
 
 

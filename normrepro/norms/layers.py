@@ -71,7 +71,7 @@ class LpBatchNorm(StatsNorm):
                 m = self._factor()
                 self._ema(self.running_mean, mu, m)
                 self._update_scale(f, x, m)
-                if history.numel():
+                if history is not None and history.numel():
                     self._history().copy_(history)
             self._record_max_dev(max_dev)
             return y

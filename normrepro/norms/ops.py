@@ -7,7 +7,13 @@ Each has a fake (meta) implementation and the forward has its autograd formula (
 ``torch.compile(model, fullgraph=True)`` keeps each norm as one opaque op: the compiled graph calls the backend's
 kernels (the C++ CPU kernels included) instead of tracing them. The implementation is ``compose.py``'s on the
 backend chosen at run time (``backends.py``). The forward saves x (the one activation-sized tensor) and per-channel
-vectors for the backward. ``lp_norm`` / ``mean_norm`` are the differentiable entry points the layers call.
+vectors for the backward.
+
+``lp_norm`` / ``mean_norm`` are the differentiable entry points the layers call. While dynamo traces (and for
+tensor subclasses such as FakeTensor) they call the registered ops; in eager mode they call ``LpNormFunction`` /
+``MeanNormFunction``, autograd Functions around the same composition, because the custom-op dispatch and its
+Python autograd wrapper cost about 80 µs per forward+backward, 10-30 % of a small layer's whole time. The
+synchronized norms use the same Functions with their collectives (``comm``).
 """
 from __future__ import annotations
 
@@ -49,7 +55,7 @@ def _(x, weight, bias, history, kind, eps, c, k, beta, ghost_bug, cd, want_max):
     topk = kind == "topk"
     kk = min(k, a * b)
     return (torch.empty_like(dense(x)), vec, vec.clone(), vec.clone(),
-            vec.clone() if kind in ("l1", "topk") else empty,
+            vec.clone() if kind == "l1" else empty,
             x.new_empty(ch, kk, dtype=torch.int64) if topk else x.new_empty(0, dtype=torch.int64),
             vec.clone() if topk or want_max else empty.clone(),
             vec.clone() if history is not None and topk else empty.clone())
@@ -77,8 +83,6 @@ def _lp_setup(ctx, inputs, output):
     x, weight, bias, history, kind, eps, c, k, beta, ghost_bug, cd, want_max = inputs
     _y, mu, f, s, aux, sel, mx, h = output
     ctx.mark_non_differentiable(mu, f, s, aux, sel, mx, h)
-    if kind == "topk":  # the sum of the selected signs is recomputed from sel: BatchNorm's bytes for L-inf
-        aux = aux.new_empty(0)
     ctx.save_for_backward(x, weight, mu, s, aux, sel)
     ctx.args = (kind, eps, c, k, beta, cd)
     ctx.weight_dtype = weight.dtype if weight is not None else None
@@ -98,11 +102,48 @@ def _lp_backward(ctx, dy, *_unused):
 lp_norm_fwd.register_autograd(_lp_backward, setup_context=_lp_setup)
 
 
+class LpNormFunction(torch.autograd.Function):
+    """``compose.lp_forward`` / ``lp_backward`` with collectives ``comm``: lp_norm_fwd's outputs (None where not
+    computed), saving what the op saves."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, history, spec: FM.LpSpec, cd: torch.dtype, comm):
+        """(y, mu, f, s, aux, sel, max_dev, history_next)."""
+        ctx.set_materialize_grads(False)
+        r = compose.lp_forward(x, weight, bias, history, spec, cd, comm)
+        ctx.save_for_backward(x, weight, r.mu, r.s, r.aux, r.sel)
+        ctx.spec, ctx.cd, ctx.comm = spec, cd, comm
+        ctx.dtypes = (None if weight is None else weight.dtype, None if bias is None else bias.dtype)
+        outs = [t for t in (r.mu, r.f, r.s, r.aux, r.sel, r.max_dev, r.history) if t is not None]
+        ctx.mark_non_differentiable(*outs)
+        return r.y, r.mu, r.f, r.s, r.aux, r.sel, r.max_dev, r.history
+
+    @staticmethod
+    def backward(ctx, dy, *_unused):
+        """(dx, dgamma, dbeta) from compose.lp_backward."""
+        if dy is None:
+            return (None,) * 7
+        x, weight, mu, s, aux, sel = ctx.saved_tensors
+        want = ctx.needs_input_grad
+        dx, dw, db = compose.lp_backward(dy, x, weight, mu, s, aux, sel, ctx.spec, ctx.cd, want[0], ctx.comm)
+        wd, bd = ctx.dtypes
+        dw = dw.to(wd) if wd is not None and want[1] else None
+        db = db.to(bd) if bd is not None and want[2] else None
+        return dx if want[0] else None, dw, db, None, None, None, None
+
+
+def _use_op(x: Tensor, comm) -> bool:
+    return comm.local and (type(x) is not torch.Tensor or torch.compiler.is_compiling())
+
+
 def lp_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, history: Tensor | None, spec: FM.LpSpec,
-            cd: torch.dtype) -> tuple[Tensor, ...]:
-    """Differentiable Lp batch norm of x (training): ``lp_norm_fwd``'s outputs (only y carries a gradient)."""
-    return torch.ops.normrepro.lp_norm_fwd(x, weight, bias, history, spec.kind, spec.eps, spec.c, spec.k, spec.beta,
-                                           spec.ghost_bug, cd, spec.want_max)
+            cd: torch.dtype, comm=compose.LOCAL) -> tuple[Tensor | None, ...]:
+    """Differentiable Lp batch norm of x (training): (y, mu, f, s, aux, sel, max_dev, history_next), only y carrying
+    a gradient; the unused ones are None or empty."""
+    if _use_op(x, comm):
+        return torch.ops.normrepro.lp_norm_fwd(x, weight, bias, history, spec.kind, spec.eps, spec.c, spec.k,
+                                               spec.beta, spec.ghost_bug, cd, spec.want_max)
+    return LpNormFunction.apply(x, weight, bias, history, spec, cd, comm)
 
 
 # ------------------------------------------------------------------------------------------- mean-only
@@ -148,6 +189,31 @@ def _mean_backward(ctx, dy, *_unused):
 mean_norm_fwd.register_autograd(_mean_backward, setup_context=_mean_setup)
 
 
-def mean_norm(x: Tensor, bias: Tensor | None, cd: torch.dtype, want_max: bool = False) -> tuple[Tensor, ...]:
-    """Differentiable mean-only batch norm of x (training): ``mean_norm_fwd``'s outputs."""
-    return torch.ops.normrepro.mean_norm_fwd(x, bias, cd, want_max)
+class MeanNormFunction(torch.autograd.Function):
+    """``compose.mean_forward`` / ``mean_backward`` with collectives ``comm``: (y, mu, max_dev or None)."""
+
+    @staticmethod
+    def forward(ctx, x, bias, cd: torch.dtype, want_max: bool, comm):
+        """(y = x - mu + beta, mu, max|x - mu| or None)."""
+        ctx.set_materialize_grads(False)
+        y, mu, mx = compose.mean_forward(x, bias, cd, want_max, comm)
+        ctx.cd, ctx.comm, ctx.bias_dtype = cd, comm, None if bias is None else bias.dtype
+        ctx.mark_non_differentiable(*[t for t in (mu, mx) if t is not None])
+        return y, mu, mx
+
+    @staticmethod
+    def backward(ctx, dy, *_unused):
+        """dx = dy - mean(dy), dbeta = sum(dy) (this process's share)."""
+        if dy is None:
+            return (None,) * 5
+        want = ctx.needs_input_grad
+        dx, db = compose.mean_backward(dy, ctx.cd, want[0], ctx.comm)
+        return dx, db.to(ctx.bias_dtype) if ctx.bias_dtype is not None and want[1] else None, None, None, None
+
+
+def mean_norm(x: Tensor, bias: Tensor | None, cd: torch.dtype, want_max: bool = False,
+              comm=compose.LOCAL) -> tuple[Tensor | None, ...]:
+    """Differentiable mean-only batch norm of x (training): (y, mu, max_dev: None or empty when not asked)."""
+    if _use_op(x, comm):
+        return torch.ops.normrepro.mean_norm_fwd(x, bias, cd, want_max)
+    return MeanNormFunction.apply(x, bias, cd, want_max, comm)

@@ -136,31 +136,34 @@ def fusable(x3: Tensor, kind: str, cd: torch.dtype) -> bool:
 
 
 def fused_forward(kind: str, x3: Tensor, gamma: Tensor | None, beta: Tensor | None, f0: Tensor | None, eps: float,
-                  cscale: float, k: int, want_max: bool, y3: Tensor):
+                  cscale: float, k: int, want_max: bool, want_stat: bool, y3: Tensor):
     """Statistics and output in one call: f = f0 + cscale * stat (stat: mean|d| for l1, the mean of the k largest
     |d| for topk), s = f + eps, y = gamma*(x - mu)/s + beta written into y3 (contiguous, in cd = x3's dtype).
-    Returns (mu, f, s, aux, max_dev): aux = mean sign(d) (l1) or ((C, k) signed deviations, (C, k) indices)."""
+    Returns (mu, f, s, aux, max_dev, stat): aux = mean sign(d) (l1) or the (C, k) selection codes of
+    ``formulas.encode_selection`` (topk, whose max_dev is always returned); max_dev / stat None when not asked."""
     cd = x3.dtype
     a, c, b = x3.shape
     mu, f, s = x3.new_empty(c), x3.new_empty(c), x3.new_empty(c)
-    if kind == "topk":
-        aux1, aux2 = x3.new_empty(c, k), torch.empty(c, k, dtype=torch.int64)
-    else:
-        aux1, aux2 = x3.new_empty(c), None
-    max_dev = x3.new_empty(c) if want_max and kind == "l1" else None
+    topk = kind == "topk"
+    aux1 = x3.new_empty(c, k) if topk else x3.new_empty(c)
+    code = torch.empty(c, k, dtype=torch.int64) if topk else None
+    max_dev = x3.new_empty(c) if want_max or topk else None
+    stat = x3.new_empty(c) if want_stat else None
     _native.call("nr_fwd", cd, KINDS[kind], x3, a, c, b, _arr(gamma, cd), _arr(beta, cd), _arr(f0, cd), eps, cscale,
-                 k, y3, mu, f, s, aux1, aux2, max_dev, _nt())
-    return mu, f, s, (aux1 if aux2 is None else (aux1, aux2)), max_dev
+                 k, y3, mu, f, s, aux1, code, max_dev, stat, _nt())
+    return mu, f, s, (code if topk else aux1), max_dev, stat
 
 
 def fused_backward(kind: str, x3: Tensor, dy3: Tensor, mu: Tensor, s: Tensor, gamma: Tensor | None, cscale: float,
-                   aux1: Tensor, idx: Tensor | None, dx3: Tensor) -> tuple[Tensor, Tensor]:
+                   aux: Tensor, dx3: Tensor) -> tuple[Tensor, Tensor]:
     """Sums and dx in one call (formulas of ``formulas.lp_input_grad_coefs``): writes dx3 (contiguous, in x3's dtype)
-    and returns (sum dy, sum dy*d). aux1: mean sign(d) (l1) or the (C, k) signs of the selected values (topk)."""
+    and returns (sum dy, sum dy*d). aux: mean sign(d) (l1) or the (C, k) selection codes (topk)."""
     cd = x3.dtype
     a, c, b = x3.shape
     s1, s2 = x3.new_empty(c), x3.new_empty(c)
-    k = idx.shape[1] if idx is not None else 1
+    topk = kind == "topk"
+    k = aux.shape[1] if topk else 1
     _native.call("nr_bwd", cd, KINDS[kind], x3, _arr(dy3, cd), a, c, b, _arr(mu, cd), _arr(s, cd), _arr(gamma, cd),
-                 cscale, k, _arr(aux1, cd), _arr(idx, torch.int64), dx3, s1, s2, _nt())
+                 cscale, k, None if topk else _arr(aux, cd), _arr(aux, torch.int64) if topk else None, dx3, s1, s2,
+                 _nt())
     return s1, s2

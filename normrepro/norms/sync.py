@@ -29,8 +29,8 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from normrepro.errors import ConfigError
-from normrepro.norms import compose
 from normrepro.norms import formulas as FM
+from normrepro.norms import ops
 from normrepro.norms.layers import (
     BatchNorm,
     GhostTopkBatchNorm,
@@ -46,7 +46,7 @@ from normrepro.norms.layers import (
 
 Tensor = torch.Tensor
 
-__all__ = ["convert_sync_norms", "is_sync_norm", "Collectives", "SyncBatchNorm", "SyncL1BatchNorm",
+__all__ = ["convert_sync_norms", "is_sync_norm", "Collectives", "global_count", "SyncBatchNorm", "SyncL1BatchNorm",
            "SyncL2LpBatchNorm", "SyncLinfBatchNorm", "SyncTopkBatchNorm", "SyncGhostTopkBatchNorm",
            "SyncMeanBatchNorm"]
 
@@ -58,6 +58,7 @@ def _acc(dtype: torch.dtype) -> torch.dtype:
 
 class Collectives:
     """The collectives between the primitives of a synchronized norm, over process group ``group`` (None: WORLD)."""
+    local = False
     fuse = False  # no fused kernels: the collectives sit between the primitives
 
     def __init__(self, group=None):
@@ -88,10 +89,11 @@ class Collectives:
         dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.group)
         return t
 
-    def topk(self, dev: Tensor, idx: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    def topk(self, dev: Tensor, idx: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
         """(the (C, k) globally selected signed deviations, |d| descending, identical on every rank; this rank's
-        share as ``encode_selection`` codes, 0 where the value lives on another rank). dev/idx: this rank's
-        (C, kl) candidates, kl <= k. Ties: torch.topk's choice among equal values, the same on every rank."""
+        share as ``encode_selection`` codes, 0 where the value lives on another rank; the global sum of the selected
+        signs). dev/idx: this rank's (C, kl) candidates, kl <= k. Ties: torch.topk's choice among equal values, the
+        same on every rank."""
         c, kl = dev.shape
         cand = dev.new_full((c, k), float("nan"))
         cand[:, :kl] = dev
@@ -101,11 +103,12 @@ class Collectives:
         allc = torch.cat(gathered, dim=1)  # (c, world*k), rank r's candidates at [r*k, (r+1)*k)
         j = allc.abs().nan_to_num(nan=-1.0).topk(k, dim=1).indices
         sel = allc.gather(1, j)
+        sgn_sum = FM.sign_sum(sel)
         if kl == 0:
-            return sel, torch.zeros(c, k, dtype=torch.int64, device=dev.device)
+            return sel, torch.zeros(c, k, dtype=torch.int64, device=dev.device), sgn_sum
         mine = (j // k) == dist.get_rank(self.group)
         pos = (j % k).clamp_max(kl - 1)
-        return sel, FM.encode_selection(idx.gather(1, pos), dev.gather(1, pos)) * mine
+        return sel, FM.encode_selection(idx.gather(1, pos), dev.gather(1, pos)) * mine, sgn_sum
 
 
 def global_count(x: Tensor, group) -> Tensor:
@@ -113,60 +116,6 @@ def global_count(x: Tensor, group) -> Tensor:
     t = torch.tensor([float(x.numel() // x.shape[1])], dtype=torch.float64, device=x.device)
     dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group)
     return t[0]
-
-
-# ------------------------------------------------------------------------------------------- autograd
-class SyncLpFunction(torch.autograd.Function):
-    """``compose.lp_forward`` / ``lp_backward`` with ``Collectives``: (y, mu, f, max_dev, history_next)."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, history, spec: FM.LpSpec, cd: torch.dtype, comm: Collectives):
-        """The global-batch statistics and output: (y, mu, f, max_dev or empty, history_next or empty)."""
-        ctx.set_materialize_grads(False)
-        r = compose.lp_forward(x, weight, bias, history, spec, cd, comm)
-        ctx.save_for_backward(x, weight, r.mu, r.s, r.aux, r.sel)
-        ctx.spec, ctx.cd, ctx.comm = spec, cd, comm
-        ctx.dtypes = (None if weight is None else weight.dtype, None if bias is None else bias.dtype)
-        outs = (r.mu, r.f, r.max_dev if r.max_dev is not None else r.mu.new_empty(0),
-                r.history if r.history is not None else r.mu.new_empty(0))
-        ctx.mark_non_differentiable(*outs)
-        return (r.y, *outs)
-
-    @staticmethod
-    def backward(ctx, dy, *_unused):
-        """dx from the globally all-reduced sums; this rank's share of dgamma, dbeta."""
-        if dy is None:
-            return (None,) * 7
-        x, weight, mu, s, aux, sel = ctx.saved_tensors
-        want = ctx.needs_input_grad
-        dx, dw, db = compose.lp_backward(dy, x, weight, mu, s, aux, sel, ctx.spec, ctx.cd, want[0], ctx.comm)
-        wd, bd = ctx.dtypes
-        dw = dw.to(wd) if wd is not None and want[1] else None
-        db = db.to(bd) if bd is not None and want[2] else None
-        return dx, dw, db, None, None, None, None
-
-
-class SyncMeanFunction(torch.autograd.Function):
-    """``compose.mean_forward`` / ``mean_backward`` with ``Collectives``: (y, mu, max_dev)."""
-
-    @staticmethod
-    def forward(ctx, x, bias, cd: torch.dtype, want_max: bool, comm: Collectives):
-        """(y = x - mu_global + beta, mu_global, max_dev or empty)."""
-        ctx.set_materialize_grads(False)
-        y, mu, mx = compose.mean_forward(x, bias, cd, want_max, comm)
-        ctx.cd, ctx.comm, ctx.bias_dtype = cd, comm, None if bias is None else bias.dtype
-        mx = mx if mx is not None else mu.new_empty(0)
-        ctx.mark_non_differentiable(mu, mx)
-        return y, mu, mx
-
-    @staticmethod
-    def backward(ctx, dy, *_unused):
-        """dx = dy - mean_global(dy); this rank's share of dbeta."""
-        if dy is None:
-            return (None,) * 5
-        want = ctx.needs_input_grad
-        dx, db = compose.mean_backward(dy, ctx.cd, want[0], ctx.comm)
-        return dx, db.to(ctx.bias_dtype) if ctx.bias_dtype is not None and want[1] else None, None, None, None
 
 
 # ------------------------------------------------------------------------------------------- layers
@@ -183,9 +132,7 @@ class _SyncLp(_Sync):
     """Mixin of the synchronized Lp batch norms: the collectives between the primitives, the global count."""
 
     def _batch_norm(self, x: Tensor, cd: torch.dtype) -> tuple[Tensor, ...]:
-        y, mu, f, mx, h = SyncLpFunction.apply(x, self.weight, self.bias, self._history(), self.spec(), cd,
-                                               Collectives(self.process_group))
-        return y, mu, f, None, None, None, mx, h
+        return ops.lp_norm(x, self.weight, self.bias, self._history(), self.spec(), cd, Collectives(self.process_group))
 
     def _count(self, x: Tensor):
         return global_count(x, self.process_group)
@@ -215,7 +162,7 @@ class SyncMeanBatchNorm(_Sync, MeanBatchNorm):
     """MeanBatchNorm over the global batch."""
 
     def _batch_norm(self, x: Tensor, cd: torch.dtype) -> tuple[Tensor, ...]:
-        return SyncMeanFunction.apply(x, self.bias, cd, bool(self.track_max_dev), Collectives(self.process_group))
+        return ops.mean_norm(x, self.bias, cd, bool(self.track_max_dev), Collectives(self.process_group))
 
 
 class SyncBatchNorm(_Sync, BatchNorm):
@@ -244,8 +191,8 @@ class SyncBatchNorm(_Sync, BatchNorm):
                                       group, world)
         spec = FM.LpSpec(kind="l2", eps=float(self.eps), want_max=bool(self.track_max_dev))
         with autocast_off(x):
-            y, mu, f, max_dev, _h = SyncLpFunction.apply(x, self.weight, self.bias, None, spec, cd,
-                                                         Collectives(self.process_group))
+            y, mu, f, *_, max_dev, _h = ops.lp_norm(x, self.weight, self.bias, None, spec, cd,
+                                                    Collectives(self.process_group))
         with torch.no_grad():
             n = global_count(x, self.process_group)
             self.running_mean.mul_(1 - m).add_(mu.to(self.running_mean.dtype), alpha=m)
