@@ -55,6 +55,9 @@ def test_opcheck_lp_ops(label, opts):
         bargs = (torch.randn_like(args[0]), args[0].detach(), w, out[1], out[3], out[4], out[5], spec.kind, spec.eps,
                  spec.c, spec.k, spec.beta, torch.float64, True)
         torch.library.opcheck(torch.ops.normrepro.lp_norm_bwd.default, bargs)
+        sargs = (args[0], hist, spec.kind, spec.eps, spec.c, spec.k, spec.beta, spec.ghost_bug, torch.float64,
+                 spec.want_max)
+        torch.library.opcheck(torch.ops.normrepro.lp_norm_stats.default, sargs)
 
 
 def test_opcheck_mean_ops_and_torch_backend():
@@ -65,6 +68,7 @@ def test_opcheck_mean_ops_and_torch_backend():
             torch.library.opcheck(torch.ops.normrepro.mean_norm_fwd.default, (x, b, torch.float64, True))
             torch.library.opcheck(torch.ops.normrepro.mean_norm_bwd.default,
                                   (torch.randn_like(x), torch.float64, True))
+            torch.library.opcheck(torch.ops.normrepro.mean_norm_stats.default, (x, torch.float64, be == "torch"))
     with backend("torch"):
         torch.library.opcheck(torch.ops.normrepro.lp_norm_fwd.default,
                               _fwd_args(_x((9, 4)), _spec("l1", {}), None, torch.float64))
@@ -300,29 +304,56 @@ def _compile_matches_eager(name, opts, backend_name):
     return [str(n.target) for gm in graphs for n in gm.graph.nodes if n.op == "call_function"]
 
 
-@pytest.mark.parametrize("name,opts", COMPILE_CASES, ids=[f"{n}-{'-'.join(o) or 'default'}" for n, o in COMPILE_CASES])
-def test_compiled_fullgraph_two_steps_equal_eager(name, opts):
-    """fullgraph=True: no graph break; each norm is one opaque op in the graph dynamo captures."""
-    targets = _compile_matches_eager(name, opts, "aot_eager")
+_IDS = [f"{n}-{'-'.join(o) or 'default'}" for n, o in COMPILE_CASES]
+OPAQUE_CASES = [c for c in COMPILE_CASES if c[0] in ("l1", "topk_ghost", "mean") or c[1].get("impl") == "lp"]
+
+
+def _check_graph_ops(name, opts, targets, mode):
     if name == "l2" and "impl" not in opts:
         return  # torch's own batch norm
-    op = "normrepro.mean_norm_fwd" if name == "mean" else "normrepro.lp_norm_fwd"
+    op = {"split": "stats", "opaque": "fwd"}[mode]
+    op = f"normrepro.mean_norm_{op}" if name == "mean" else f"normrepro.lp_norm_{op}"
     assert sum(t.startswith(op) for t in targets) == 2, targets  # the model's two norm layers, one op each
+    assert not any(t.startswith("normrepro.") and not t.startswith(op) for t in targets), targets
+
+
+@pytest.mark.parametrize("name,opts", COMPILE_CASES, ids=_IDS)
+def test_compiled_fullgraph_two_steps_equal_eager(name, opts):
+    """fullgraph=True: no graph break. Default (split): each norm's statistics are one opaque op, its output torch
+    ops that inductor can fuse with the neighbouring ones."""
+    _check_graph_ops(name, opts, _compile_matches_eager(name, opts, "aot_eager"), "split")
+
+
+@pytest.mark.parametrize("name,opts", OPAQUE_CASES, ids=[f"{n}-{'-'.join(o) or 'default'}" for n, o in OPAQUE_CASES])
+def test_compiled_opaque_mode_one_op_per_norm(name, opts, monkeypatch):
+    """NORMREPRO_COMPILED_NORMS=opaque: each norm is one op in the forward graph (its backward another)."""
+    monkeypatch.setenv("NORMREPRO_COMPILED_NORMS", "opaque")
+    _check_graph_ops(name, opts, _compile_matches_eager(name, opts, "aot_eager"), "opaque")
+
+
+def test_compiled_mode_bad_value(monkeypatch):
+    monkeypatch.setenv("NORMREPRO_COMPILED_NORMS", "fused")
+    m = _tiny("l1", {})
+    torch._dynamo.reset()
+    with pytest.raises(Exception, match="unknown NORMREPRO_COMPILED_NORMS 'fused'; choose one of: opaque, split"):
+        torch.compile(m, fullgraph=True, backend="aot_eager")(torch.randn(8, 3, 6, 6))
 
 
 @needs_native
-def test_native_kernels_run_inside_the_compiled_graph(monkeypatch):
+@pytest.mark.parametrize("mode,kernels", [("split", {"nr_sums", "nr_dev_stats"}), ("opaque", {"nr_fwd", "nr_bwd"})])
+def test_native_kernels_run_inside_the_compiled_graph(monkeypatch, mode, kernels):
     calls = []
     real = _native.call
     monkeypatch.setattr(_native, "call", lambda name, *a: (calls.append(name), real(name, *a))[1])
+    monkeypatch.setenv("NORMREPRO_COMPILED_NORMS", mode)
     m = _tiny("l1", {})
     torch._dynamo.reset()
     _two_steps(m, torch.compile(m, fullgraph=True, backend="aot_eager"))
-    assert "nr_fwd" in calls and "nr_bwd" in calls
+    assert kernels <= set(calls), set(calls)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name,opts", COMPILE_CASES, ids=[f"{n}-{'-'.join(o) or 'default'}" for n, o in COMPILE_CASES])
+@pytest.mark.parametrize("name,opts", COMPILE_CASES, ids=_IDS)
 def test_inductor_fullgraph_two_steps_equal_eager(name, opts):
     _compile_matches_eager(name, opts, "inductor")
 

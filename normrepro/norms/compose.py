@@ -66,7 +66,7 @@ LOCAL = Local()
 @dataclass
 class LpForward:
     """Results of an Lp norm's training forward; None where not computed."""
-    y: Tensor            # the output, x's dtype and layout
+    y: Tensor | None     # the output, x's dtype and layout (None: statistics only)
     mu: Tensor           # (C,) batch mean, cd
     f: Tensor            # (C,) the scale without eps (running_scale follows it), cd
     s: Tensor            # (C,) the denominator, cd
@@ -94,12 +94,25 @@ def lp_forward(x: Tensor, weight: Tensor | None, bias: Tensor | None, history: T
     xd = dense(x)
     x3 = view3(xd)
     P = backends.primitives(x3, cd)
-    n_local = x3.shape[0] * x3.shape[2]
     gamma, beta, hist = _vec(weight, cd), _vec(bias, cd), _vec(history, cd)
     y = torch.empty_like(xd)
     y3 = view3(y)
     if _fused(P, x3, spec.kind, cd, comm) and y3.is_contiguous():
-        return _fused_forward(P, x3, y, y3, gamma, beta, hist, spec, n_local)
+        return _fused_forward(P, x3, y, y3, gamma, beta, hist, spec, x3.shape[0] * x3.shape[2])
+    r = _stats(P, x3, hist, spec, cd, comm)
+    P.normalize(x3, r.mu, r.s.reciprocal() if gamma is None else gamma / r.s, beta, y3, cd)
+    r.y = y
+    return r
+
+
+def lp_stats(x: Tensor, history: Tensor | None, spec: FM.LpSpec, cd: torch.dtype, comm=LOCAL) -> LpForward:
+    """The batch statistics of ``lp_forward`` without its output (``y`` is None)."""
+    x3 = view3(dense(x))
+    return _stats(backends.primitives(x3, cd), x3, _vec(history, cd), spec, cd, comm)
+
+
+def _stats(P, x3: Tensor, hist: Tensor | None, spec: FM.LpSpec, cd: torch.dtype, comm) -> LpForward:
+    n_local = x3.shape[0] * x3.shape[2]
     (sums,), n = comm.sum_count([P.channel_sums(x3, cd)], n_local)
     mu = (sums / n).to(cd)
     aux = sel = max_dev = None
@@ -122,10 +135,8 @@ def lp_forward(x: Tensor, weight: Tensor | None, bias: Tensor | None, history: T
         if max_dev is not None:
             max_dev = comm.max(max_dev)
     f = FM.finalize(spec, stat, n, hist)
-    s = FM.scale(spec, f)
-    P.normalize(x3, mu, s.reciprocal() if gamma is None else gamma / s, beta, y3, cd)
     h_next = FM.next_history(spec, stat, n, hist) if hist is not None else None
-    return LpForward(y, mu, f, s, aux, sel, max_dev, h_next)
+    return LpForward(None, mu, f, FM.scale(spec, f), aux, sel, max_dev, h_next)
 
 
 def _fused_forward(P, x3, y, y3, gamma, beta, hist, spec: FM.LpSpec, n: int) -> LpForward:
@@ -197,15 +208,26 @@ def mean_forward(x: Tensor, bias: Tensor | None, cd: torch.dtype, want_max: bool
     xd = dense(x)
     x3 = view3(xd)
     P = backends.primitives(x3, cd)
-    (sums,), n = comm.sum_count([P.channel_sums(x3, cd)], x3.shape[0] * x3.shape[2])
-    mu = (sums / n).to(cd)
+    mu, max_dev = _mean_stats(P, x3, cd, want_max, comm)
     y = torch.empty_like(xd)
     P.normalize(x3, mu, torch.ones_like(mu), _vec(bias, cd), view3(y), cd)
+    return y, mu, max_dev
+
+
+def mean_stats(x: Tensor, cd: torch.dtype, want_max: bool = False, comm=LOCAL) -> tuple[Tensor, Tensor | None]:
+    """(mu, max|x - mu| or None) of ``mean_forward`` without its output."""
+    x3 = view3(dense(x))
+    return _mean_stats(backends.primitives(x3, cd), x3, cd, want_max, comm)
+
+
+def _mean_stats(P, x3: Tensor, cd: torch.dtype, want_max: bool, comm) -> tuple[Tensor, Tensor | None]:
+    (sums,), n = comm.sum_count([P.channel_sums(x3, cd)], x3.shape[0] * x3.shape[2])
+    mu = (sums / n).to(cd)
     max_dev = None
     if want_max:
         max_dev = comm.max(P.dev_stats(x3, mu, cd, want_abs=False, want_sign=False, want_sq=False,
                                        want_max=True)[3])
-    return y, mu, max_dev
+    return mu, max_dev
 
 
 def mean_backward(dy: Tensor, cd: torch.dtype, want_dx: bool = True, comm=LOCAL) -> tuple[Tensor | None, Tensor]:

@@ -115,6 +115,38 @@ def lp_input_grad_coefs(spec: LpSpec, n, k: int, s: Tensor, gamma: Tensor | None
     return InputGradCoefs(a, None, None, c0, -q * (cscale * n / k))
 
 
+def stats_input_grad(spec: LpSpec, x: Tensor, mu: Tensor, aux: Tensor | None, sel: Tensor | None,
+                     g_mu: Tensor | None, g_f: Tensor | None, cd: torch.dtype) -> Tensor:
+    """dL/dx through the statistics alone, given dL/dmu and dL/df (torch ops on x's full shape, for inductor):
+    dmu/dx_j = 1/n;  df/dx_j = (c/n)(sign d_j - mean sign) (l1), 2 d_j / n (l2),
+    (cscale/k)(sign d_j [j selected] - sum_sel sign / n) (topk)."""
+    c = x.shape[1]
+    n = x.numel() // c
+    shape = (1, c) + (1,) * (x.dim() - 2)
+    g_mu = torch.zeros_like(mu) if g_mu is None else g_mu.to(cd)
+    g_f = torch.zeros_like(mu) if g_f is None else g_f.to(cd)
+    d = x.to(cd) - mu.view(shape)
+    if spec.kind == "l1":
+        cs = spec.c / n
+        dx = (g_mu / n - g_f * cs * aux).view(shape) + (g_f * cs).view(shape) * d.sign()
+    elif spec.kind == "l2":
+        dx = (g_mu / n).view(shape) + (g_f * (2.0 / n)).view(shape) * d
+    else:
+        from normrepro.norms.layout import view3
+
+        idx, sgn = decode_selection(sel, cd)
+        k = sel.shape[1]
+        cscale = stat_scale(spec, n)
+        base = g_mu / n - g_f * (cscale / (k * n)) * sgn.sum(1)
+        dx = torch.empty_like(x, dtype=cd)
+        dx.copy_(base.view(shape).expand_as(x))
+        dx3 = view3(dx)
+        b = dx3.shape[2]
+        ch = torch.arange(c, device=x.device).unsqueeze(1).expand(c, k)
+        dx3.index_put_((idx // b, ch, idx % b), (g_f * (cscale / k)).unsqueeze(1) * sgn, accumulate=True)
+    return dx.to(x.dtype)
+
+
 def encode_selection(idx: Tensor, dev: Tensor) -> Tensor:
     """The k selected indices and the signs of their deviations in one int64 tensor, (idx + 1) * sign(d), so the
     backward keeps no more than BatchNorm's bytes for L-inf (0: nothing selected or a zero deviation, no gradient)."""

@@ -17,11 +17,14 @@ synchronized norms use the same Functions with their collectives (``comm``).
 """
 from __future__ import annotations
 
+import os
+
 import torch
 
+from normrepro.errors import choice_error
 from normrepro.norms import compose
 from normrepro.norms import formulas as FM
-from normrepro.norms.layout import dense, geometry
+from normrepro.norms.layout import channel_view, dense, geometry
 
 Tensor = torch.Tensor
 _LIB = "normrepro"
@@ -47,18 +50,21 @@ def lp_norm_fwd(x: Tensor, weight: Tensor | None, bias: Tensor | None, history: 
             _or_empty(r.sel, mu, torch.int64), _or_empty(r.max_dev, mu), _or_empty(r.history, mu))
 
 
-@lp_norm_fwd.register_fake
-def _(x, weight, bias, history, kind, eps, c, k, beta, ghost_bug, cd, want_max):
+def _fake_lp_outputs(x, history, kind, k, cd, want_max):
+    """Shapes, dtypes and strides of lp_norm_fwd's outputs, as compose.lp_forward produces them."""
     a, ch, b = geometry(x)
     vec = x.new_empty(ch, dtype=cd)
     empty = x.new_empty(0, dtype=cd)
     topk = kind == "topk"
-    kk = min(k, a * b)
-    return (torch.empty_like(dense(x)), vec, vec.clone(), vec.clone(),
-            vec.clone() if kind == "l1" else empty,
-            x.new_empty(ch, kk, dtype=torch.int64) if topk else x.new_empty(0, dtype=torch.int64),
+    return (torch.empty_like(dense(x)), vec, vec.clone(), vec.clone(), vec.clone() if kind == "l1" else empty,
+            x.new_empty(ch, min(k, a * b), dtype=torch.int64) if topk else x.new_empty(0, dtype=torch.int64),
             vec.clone() if topk or want_max else empty.clone(),
             vec.clone() if history is not None and topk else empty.clone())
+
+
+@lp_norm_fwd.register_fake
+def _(x, weight, bias, history, kind, eps, c, k, beta, ghost_bug, cd, want_max):
+    return _fake_lp_outputs(x, history, kind, k, cd, want_max)
 
 
 @torch.library.custom_op(f"{_LIB}::lp_norm_bwd", mutates_args=())
@@ -102,6 +108,55 @@ def _lp_backward(ctx, dy, *_unused):
 lp_norm_fwd.register_autograd(_lp_backward, setup_context=_lp_setup)
 
 
+# ------------------------------------------------------------------------------------------- statistics only
+@torch.library.custom_op(f"{_LIB}::lp_norm_stats", mutates_args=())
+def lp_norm_stats(x: Tensor, history: Tensor | None, kind: str, eps: float, c: float, k: int, beta: float,
+                  ghost_bug: bool, cd: torch.dtype, want_max: bool
+                  ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The batch statistics of lp_norm_fwd without its output: (mu, f, aux, sel, max_dev, history_next)."""
+    r = compose.lp_stats(x, history, _spec(kind, eps, c, k, beta, ghost_bug, want_max), cd)
+    mu = r.mu
+    return (mu, _or_empty(r.f, mu), _or_empty(r.aux, mu), _or_empty(r.sel, mu, torch.int64),
+            _or_empty(r.max_dev, mu), _or_empty(r.history, mu))
+
+
+@lp_norm_stats.register_fake
+def _(x, history, kind, eps, c, k, beta, ghost_bug, cd, want_max):
+    out = _fake_lp_outputs(x, history, kind, k, cd, want_max)
+    return out[1], out[2], out[4], out[5], out[6], out[7]
+
+
+def _stats_setup(ctx, inputs, output):
+    x, _h, kind, eps, c, k, beta, ghost_bug, cd, _want_max = inputs
+    mu, _f, aux, sel, mx, h = output
+    ctx.mark_non_differentiable(aux, sel, mx, h)
+    ctx.save_for_backward(x, mu, aux, sel)
+    ctx.spec, ctx.cd = _spec(kind, eps, c, k, beta, ghost_bug, False), cd
+
+
+def _stats_backward(ctx, g_mu, g_f, *_unused):
+    x, mu, aux, sel = ctx.saved_tensors
+    dx = FM.stats_input_grad(ctx.spec, x, mu, aux if aux.numel() else None, sel if sel.numel() else None, g_mu, g_f,
+                             ctx.cd)
+    return (dx,) + (None,) * 9
+
+
+lp_norm_stats.register_autograd(_stats_backward, setup_context=_stats_setup)
+
+
+def _split_lp_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, history: Tensor | None, spec: FM.LpSpec,
+                   cd: torch.dtype) -> tuple[Tensor, ...]:
+    """lp_norm with the statistics as one op and the output as torch ops (fused by inductor with its neighbours)."""
+    mu, f, aux, sel, mx, h = torch.ops.normrepro.lp_norm_stats(x, history, spec.kind, spec.eps, spec.c, spec.k,
+                                                               spec.beta, spec.ghost_bug, cd, spec.want_max)
+    s = FM.scale(spec, f)
+    scale = s.reciprocal() if weight is None else weight.to(cd) / s
+    y = (x.to(cd) - channel_view(mu, x)) * channel_view(scale, x)
+    if bias is not None:
+        y = y + channel_view(bias.to(cd), x)
+    return y.to(x.dtype), mu, f, s, aux, sel, mx, h
+
+
 class LpNormFunction(torch.autograd.Function):
     """``compose.lp_forward`` / ``lp_backward`` with collectives ``comm``: lp_norm_fwd's outputs (None where not
     computed), saving what the op saves."""
@@ -132,6 +187,19 @@ class LpNormFunction(torch.autograd.Function):
         return dx if want[0] else None, dw, db, None, None, None, None
 
 
+COMPILED_MODES = ("split", "opaque")
+ENV_COMPILED = "NORMREPRO_COMPILED_NORMS"
+
+
+def compiled_mode() -> str:
+    """How compiled graphs hold a norm (``NORMREPRO_COMPILED_NORMS``): split (default: the statistics one op, the
+    elementwise output and gradient torch ops) or opaque (one op for the forward, one for the backward)."""
+    mode = os.environ.get(ENV_COMPILED, "split").strip() or "split"
+    if mode not in COMPILED_MODES:
+        raise choice_error(ENV_COMPILED, mode, COMPILED_MODES)
+    return mode
+
+
 def _use_op(x: Tensor, comm) -> bool:
     return comm.local and (type(x) is not torch.Tensor or torch.compiler.is_compiling())
 
@@ -141,6 +209,8 @@ def lp_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, history: Tens
     """Differentiable Lp batch norm of x (training): (y, mu, f, s, aux, sel, max_dev, history_next), only y carrying
     a gradient; the unused ones are None or empty."""
     if _use_op(x, comm):
+        if torch.compiler.is_compiling() and compiled_mode() == "split":
+            return _split_lp_norm(x, weight, bias, history, spec, cd)
         return torch.ops.normrepro.lp_norm_fwd(x, weight, bias, history, spec.kind, spec.eps, spec.c, spec.k,
                                                spec.beta, spec.ghost_bug, cd, spec.want_max)
     return LpNormFunction.apply(x, weight, bias, history, spec, cd, comm)
@@ -211,9 +281,42 @@ class MeanNormFunction(torch.autograd.Function):
         return dx, db.to(ctx.bias_dtype) if ctx.bias_dtype is not None and want[1] else None, None, None, None
 
 
+@torch.library.custom_op(f"{_LIB}::mean_norm_stats", mutates_args=())
+def mean_norm_stats(x: Tensor, cd: torch.dtype, want_max: bool) -> tuple[Tensor, Tensor]:
+    """The batch mean of mean_norm_fwd without its output: (mu, max|x - mu| or empty)."""
+    mu, mx = compose.mean_stats(x, cd, want_max)
+    return mu, _or_empty(mx, mu)
+
+
+@mean_norm_stats.register_fake
+def _(x, cd, want_max):
+    ch = x.shape[1]
+    return x.new_empty(ch, dtype=cd), x.new_empty(ch if want_max else 0, dtype=cd)
+
+
+def _mean_stats_setup(ctx, inputs, output):
+    ctx.mark_non_differentiable(output[1])
+    ctx.x_meta = (inputs[0].shape, inputs[0].dtype)
+
+
+def _mean_stats_backward(ctx, g_mu, _g_max):
+    shape, dtype = ctx.x_meta
+    n = shape.numel() // shape[1]
+    return (g_mu / n).view(1, -1, *([1] * (len(shape) - 2))).expand(shape).to(dtype), None, None
+
+
+mean_norm_stats.register_autograd(_mean_stats_backward, setup_context=_mean_stats_setup)
+
+
 def mean_norm(x: Tensor, bias: Tensor | None, cd: torch.dtype, want_max: bool = False,
               comm=compose.LOCAL) -> tuple[Tensor | None, ...]:
     """Differentiable mean-only batch norm of x (training): (y, mu, max_dev: None or empty when not asked)."""
     if _use_op(x, comm):
+        if torch.compiler.is_compiling() and compiled_mode() == "split":
+            mu, mx = torch.ops.normrepro.mean_norm_stats(x, cd, want_max)
+            y = x.to(cd) - channel_view(mu, x)
+            if bias is not None:
+                y = y + channel_view(bias.to(cd), x)
+            return y.to(x.dtype), mu, mx
         return torch.ops.normrepro.mean_norm_fwd(x, bias, cd, want_max)
     return MeanNormFunction.apply(x, bias, cd, want_max, comm)
