@@ -38,6 +38,7 @@ namespace {
 
 const i64 kRowBlock = 64;     // rows summed in T before being added to the double totals
 const i64 kSerial = 1 << 15;  // fewer elements than this: one thread
+const i64 kRun = 16;          // planar runs at least this long: per-channel scalars and register accumulators
 
 inline int threads_for(int nt, i64 numel) { return (nt < 1 || numel < kSerial) ? 1 : nt; }
 
@@ -120,6 +121,19 @@ inline T sign_of(T d) {
 template <typename T>
 void view_sums(const T* __restrict__ p, i64 rs, i64 A, i64 L, i64 B, double div, T* __restrict__ out,
                Scratch<T>& S) {
+  if (B >= kRun) {  // planar: a run of B values per row and channel, summed in registers
+    for (i64 ch = 0; ch < L / B; ++ch) {
+      double tot = 0;
+      for (i64 a = 0; a < A; ++a) {
+        const T* __restrict__ r = p + a * rs + ch * B;
+        T acc = 0;
+        for (i64 b = 0; b < B; ++b) acc += r[b];
+        tot += acc;
+      }
+      out[ch] = T(tot / div);
+    }
+    return;
+  }
   T* __restrict__ cb = S.get(S.t0, L);
   double* __restrict__ cd = S.getd(S.d0, L);
   std::fill(cd, cd + L, 0.0);
@@ -143,6 +157,34 @@ void view_sums(const T* __restrict__ p, i64 rs, i64 A, i64 L, i64 B, double div,
 template <typename T, bool kAbs, bool kSign, bool kSq, bool kMax>
 void view_dev(const T* __restrict__ p, i64 rs, i64 A, i64 L, i64 B, const T* __restrict__ mu, T* __restrict__ sa,
               T* __restrict__ ss, T* __restrict__ sq, T* __restrict__ mx, Scratch<T>& S) {
+  if (B >= kRun) {
+    for (i64 ch = 0; ch < L / B; ++ch) {
+      const T m = mu[ch];
+      double va = 0, vs = 0, vq = 0;
+      T vm = 0;
+      for (i64 a = 0; a < A; ++a) {
+        const T* __restrict__ r = p + a * rs + ch * B;
+        T ca = 0, cs = 0, cq = 0, cm = 0;
+        for (i64 b = 0; b < B; ++b) {
+          const T d = r[b] - m;
+          const T ad = std::abs(d);
+          if (kAbs) ca += ad;
+          if (kSign) cs += sign_of(d);
+          if (kSq) cq += d * d;
+          if (kMax) cm = (ad > cm || ad != ad) ? ad : cm;
+        }
+        va += ca;
+        vs += cs;
+        vq += cq;
+        vm = (cm > vm || cm != cm) ? cm : vm;
+      }
+      if (kAbs) sa[ch] = T(va);
+      if (kSign) ss[ch] = T(vs);
+      if (kSq) sq[ch] = T(vq);
+      if (kMax) mx[ch] = vm;
+    }
+    return;
+  }
   T* __restrict__ me = S.get(S.t0, L);
   T* __restrict__ ca = S.get(S.t1, L);
   T* __restrict__ cs = S.get(S.t2, L);
@@ -213,6 +255,30 @@ template <typename T>
 void view_grad_sums(const T* __restrict__ px, const T* __restrict__ pg, i64 rs, i64 A, i64 L, i64 B,
                     const T* __restrict__ mu, T* __restrict__ sum_dy, T* __restrict__ sum_dyd, Scratch<T>& S) {
   const bool with_x = px != nullptr;
+  if (B >= kRun) {
+    for (i64 ch = 0; ch < L / B; ++ch) {
+      const T m = with_x ? mu[ch] : T(0);
+      double t1 = 0, t2 = 0;
+      for (i64 a = 0; a < A; ++a) {
+        const T* __restrict__ g = pg + a * rs + ch * B;
+        T c1 = 0, c2 = 0;
+        if (with_x) {
+          const T* __restrict__ r = px + a * rs + ch * B;
+          for (i64 b = 0; b < B; ++b) {
+            c1 += g[b];
+            c2 += g[b] * (r[b] - m);
+          }
+        } else {
+          for (i64 b = 0; b < B; ++b) c1 += g[b];
+        }
+        t1 += c1;
+        t2 += c2;
+      }
+      sum_dy[ch] = T(t1);
+      if (with_x) sum_dyd[ch] = T(t2);
+    }
+    return;
+  }
   T* __restrict__ me = S.get(S.t0, L);
   T* __restrict__ c1 = S.get(S.t1, L);
   T* __restrict__ c2 = S.get(S.t2, L);
@@ -258,6 +324,16 @@ void view_grad_sums(const T* __restrict__ px, const T* __restrict__ pg, i64 rs, 
 template <typename T>
 void view_affine(const T* __restrict__ px, T* __restrict__ py, i64 rs, i64 A, i64 L, i64 B,
                  const T* __restrict__ mu, const T* __restrict__ scale, const T* __restrict__ shift, Scratch<T>& S) {
+  if (B >= kRun) {
+    for (i64 a = 0; a < A; ++a)
+      for (i64 ch = 0; ch < L / B; ++ch) {
+        const T m = mu ? mu[ch] : T(0), sc = scale[ch], sh = shift ? shift[ch] : T(0);
+        const T* __restrict__ r = px + a * rs + ch * B;
+        T* __restrict__ o = py + a * rs + ch * B;
+        for (i64 b = 0; b < B; ++b) o[b] = (r[b] - m) * sc + sh;
+      }
+    return;
+  }
   T* __restrict__ me = S.get(S.t0, L);
   T* __restrict__ sc = S.get(S.t1, L);
   T* __restrict__ sh = S.get(S.t2, L);
@@ -276,6 +352,28 @@ template <typename T, bool kD, bool kS>
 void view_input_grad(const T* __restrict__ px, const T* __restrict__ pg, T* __restrict__ pd, i64 rs, i64 A, i64 L,
                      i64 B, const T* __restrict__ mu, const T* __restrict__ ca, const T* __restrict__ kd,
                      const T* __restrict__ ks, const T* __restrict__ c0, Scratch<T>& S) {
+  if (B >= kRun) {
+    for (i64 a = 0; a < A; ++a)
+      for (i64 ch = 0; ch < L / B; ++ch) {
+        const T va = ca[ch], v0 = c0[ch], vd = kD ? kd[ch] : T(0), vs = kS ? ks[ch] : T(0);
+        const T m = (kD || kS) ? mu[ch] : T(0);
+        const T* __restrict__ g = pg + a * rs + ch * B;
+        T* __restrict__ o = pd + a * rs + ch * B;
+        if (kD || kS) {
+          const T* __restrict__ r = px + a * rs + ch * B;
+          for (i64 b = 0; b < B; ++b) {
+            const T d = r[b] - m;
+            T v = va * g[b] + v0;
+            if (kD) v += vd * d;
+            if (kS) v += vs * sign_of(d);
+            o[b] = v;
+          }
+        } else {
+          for (i64 b = 0; b < B; ++b) o[b] = va * g[b] + v0;
+        }
+      }
+    return;
+  }
   T* __restrict__ me = S.get(S.t0, L);
   T* __restrict__ va = S.get(S.t1, L);
   T* __restrict__ vd = S.get(S.t2, L);
