@@ -189,6 +189,7 @@ def test_backend_choice_and_errors(monkeypatch):
     with pytest.raises(ConfigError, match="unknown norm backend 'gpu'"):
         set_backend("gpu")
     monkeypatch.setenv("NORMREPRO_NATIVE", "0")  # off: auto uses torch ops, a forced native says why it cannot
+    set_backend(None)  # read again
     assert backends.primitives(x32, torch.float32) is PT
     with backend("native"), pytest.raises(ConfigError) as e:
         build_norm("l1", 3)(x32)
@@ -196,9 +197,13 @@ def test_backend_choice_and_errors(monkeypatch):
     monkeypatch.delenv("NORMREPRO_NATIVE")
     monkeypatch.setattr(_native, "lib", lambda: None)  # as without a C++ compiler
     monkeypatch.setattr(_native, "error", lambda: "RuntimeError: no C++ compiler found (set CXX)")
+    set_backend(None)
     with backend("native"), pytest.raises(ConfigError, match="'native' cannot run: .*no C\\+\\+ compiler.*use"):
         build_norm("topk", 3)(x32)
     assert backends.primitives(x32, torch.float32) is PT  # auto falls back
+    monkeypatch.undo()
+    set_backend(None)
+    assert backends.primitives(x32, torch.float32) is (PN if NATIVE else PT)
 
 
 def test_triton_backend_errors_name_the_way_out(monkeypatch):

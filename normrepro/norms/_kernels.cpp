@@ -140,7 +140,13 @@ void view_sums(const T* __restrict__ p, i64 rs, i64 A, i64 L, i64 B, double div,
   for (i64 a0 = 0; a0 < A; a0 += kRowBlock) {
     const i64 a1 = std::min(A, a0 + kRowBlock);
     std::fill(cb, cb + L, T(0));
-    for (i64 a = a0; a < a1; ++a) {
+    i64 a = a0;
+    for (; a + 4 <= a1; a += 4) {  // four rows per pass over the accumulators
+      const T *__restrict__ r0 = p + a * rs, *__restrict__ r1 = r0 + rs, *__restrict__ r2 = r1 + rs,
+                            *__restrict__ r3 = r2 + rs;
+      for (i64 j = 0; j < L; ++j) cb[j] += (r0[j] + r1[j]) + (r2[j] + r3[j]);
+    }
+    for (; a < a1; ++a) {
       const T* __restrict__ r = p + a * rs;
       for (i64 j = 0; j < L; ++j) cb[j] += r[j];
     }
@@ -203,7 +209,28 @@ void view_dev(const T* __restrict__ p, i64 rs, i64 A, i64 L, i64 B, const T* __r
     std::fill(ca, ca + L, T(0));
     std::fill(cs, cs + L, T(0));
     std::fill(cq, cq + L, T(0));
-    for (i64 a = a0; a < a1; ++a) {
+    i64 a = a0;
+    for (; a + 4 <= a1; a += 4) {  // four rows per pass over the accumulators
+      const T *__restrict__ r0 = p + a * rs, *__restrict__ r1 = r0 + rs, *__restrict__ r2 = r1 + rs,
+                            *__restrict__ r3 = r2 + rs;
+      for (i64 j = 0; j < L; ++j) {
+        const T m = me[j];
+        const T d0 = r0[j] - m, d1 = r1[j] - m, d2 = r2[j] - m, d3 = r3[j] - m;
+        const T a0_ = std::abs(d0), a1_ = std::abs(d1), a2_ = std::abs(d2), a3_ = std::abs(d3);
+        if (kAbs) ca[j] += (a0_ + a1_) + (a2_ + a3_);
+        if (kSign) cs[j] += (sign_of(d0) + sign_of(d1)) + (sign_of(d2) + sign_of(d3));
+        if (kSq) cq[j] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3);
+        if (kMax) {
+          T v = cm[j];
+          v = (a0_ > v || a0_ != a0_) ? a0_ : v;
+          v = (a1_ > v || a1_ != a1_) ? a1_ : v;
+          v = (a2_ > v || a2_ != a2_) ? a2_ : v;
+          v = (a3_ > v || a3_ != a3_) ? a3_ : v;
+          cm[j] = v;
+        }
+      }
+    }
+    for (; a < a1; ++a) {
       const T* __restrict__ r = p + a * rs;
       for (i64 j = 0; j < L; ++j) {
         const T d = r[j] - me[j];
@@ -291,7 +318,21 @@ void view_grad_sums(const T* __restrict__ px, const T* __restrict__ pg, i64 rs, 
     const i64 a1 = std::min(A, a0 + kRowBlock);
     std::fill(c1, c1 + L, T(0));
     std::fill(c2, c2 + L, T(0));
-    for (i64 a = a0; a < a1; ++a) {
+    i64 a = a0;
+    if (with_x) {
+      for (; a + 4 <= a1; a += 4) {  // four rows per pass over the accumulators
+        const T *__restrict__ g0 = pg + a * rs, *__restrict__ g1 = g0 + rs, *__restrict__ g2 = g1 + rs,
+                              *__restrict__ g3 = g2 + rs;
+        const T *__restrict__ r0 = px + a * rs, *__restrict__ r1 = r0 + rs, *__restrict__ r2 = r1 + rs,
+                              *__restrict__ r3 = r2 + rs;
+        for (i64 j = 0; j < L; ++j) {
+          const T m = me[j];
+          c1[j] += (g0[j] + g1[j]) + (g2[j] + g3[j]);
+          c2[j] += (g0[j] * (r0[j] - m) + g1[j] * (r1[j] - m)) + (g2[j] * (r2[j] - m) + g3[j] * (r3[j] - m));
+        }
+      }
+    }
+    for (; a < a1; ++a) {
       const T* __restrict__ g = pg + a * rs;
       if (with_x) {
         const T* __restrict__ r = px + a * rs;
@@ -340,7 +381,20 @@ void view_affine(const T* __restrict__ px, T* __restrict__ py, i64 rs, i64 A, i6
   expand(me, mu, L, B);
   expand(sc, scale, L, B);
   expand(sh, shift, L, B);
-  for (i64 a = 0; a < A; ++a) {
+  i64 a = 0;
+  for (; a + 4 <= A; a += 4) {  // four rows per load of the coefficients
+    const T *__restrict__ r0 = px + a * rs, *__restrict__ r1 = r0 + rs, *__restrict__ r2 = r1 + rs,
+                          *__restrict__ r3 = r2 + rs;
+    T *__restrict__ o0 = py + a * rs, *__restrict__ o1 = o0 + rs, *__restrict__ o2 = o1 + rs, *__restrict__ o3 = o2 + rs;
+    for (i64 j = 0; j < L; ++j) {
+      const T m = me[j], c = sc[j], h = sh[j];
+      o0[j] = (r0[j] - m) * c + h;
+      o1[j] = (r1[j] - m) * c + h;
+      o2[j] = (r2[j] - m) * c + h;
+      o3[j] = (r3[j] - m) * c + h;
+    }
+  }
+  for (; a < A; ++a) {
     const T* __restrict__ r = px + a * rs;
     T* __restrict__ o = py + a * rs;
     for (i64 j = 0; j < L; ++j) o[j] = (r[j] - me[j]) * sc[j] + sh[j];
@@ -384,7 +438,46 @@ void view_input_grad(const T* __restrict__ px, const T* __restrict__ pg, T* __re
   expand(vd, kd, L, B);
   expand(vs, ks, L, B);
   expand(v0, c0, L, B);
-  for (i64 a = 0; a < A; ++a) {
+  i64 a = 0;
+  for (; a + 4 <= A; a += 4) {  // four rows per load of the coefficients
+    const T *__restrict__ g0 = pg + a * rs, *__restrict__ g1 = g0 + rs, *__restrict__ g2 = g1 + rs,
+                          *__restrict__ g3 = g2 + rs;
+    T *__restrict__ o0 = pd + a * rs, *__restrict__ o1 = o0 + rs, *__restrict__ o2 = o1 + rs, *__restrict__ o3 = o2 + rs;
+    if (kD || kS) {
+      const T *__restrict__ r0 = px + a * rs, *__restrict__ r1 = r0 + rs, *__restrict__ r2 = r1 + rs,
+                            *__restrict__ r3 = r2 + rs;
+      for (i64 j = 0; j < L; ++j) {
+        const T m = me[j], ga = va[j], gd = vd[j], gs = vs[j], g0_ = v0[j];
+        const T d0 = r0[j] - m, d1 = r1[j] - m, d2 = r2[j] - m, d3 = r3[j] - m;
+        T w0 = ga * g0[j] + g0_, w1 = ga * g1[j] + g0_, w2 = ga * g2[j] + g0_, w3 = ga * g3[j] + g0_;
+        if (kD) {
+          w0 += gd * d0;
+          w1 += gd * d1;
+          w2 += gd * d2;
+          w3 += gd * d3;
+        }
+        if (kS) {
+          w0 += gs * sign_of(d0);
+          w1 += gs * sign_of(d1);
+          w2 += gs * sign_of(d2);
+          w3 += gs * sign_of(d3);
+        }
+        o0[j] = w0;
+        o1[j] = w1;
+        o2[j] = w2;
+        o3[j] = w3;
+      }
+    } else {
+      for (i64 j = 0; j < L; ++j) {
+        const T ga = va[j], g0_ = v0[j];
+        o0[j] = ga * g0[j] + g0_;
+        o1[j] = ga * g1[j] + g0_;
+        o2[j] = ga * g2[j] + g0_;
+        o3[j] = ga * g3[j] + g0_;
+      }
+    }
+  }
+  for (; a < A; ++a) {
     const T* __restrict__ g = pg + a * rs;
     T* __restrict__ o = pd + a * rs;
     if (kD || kS) {
@@ -481,7 +574,21 @@ void view_topk(const T* __restrict__ p, i64 rs, i64 A, i64 L, i64 B, const T* __
   for (i64 q = 0; q < m; ++q) {
     T* __restrict__ o = bm + q * L;
     std::fill(o, o + L, T(0));
-    for (i64 a = q * R; a < std::min(A, q * R + R); ++a) {
+    const i64 qa1 = std::min(A, q * R + R);
+    i64 a = q * R;
+    for (; a + 4 <= qa1; a += 4) {  // four rows per pass over the block maxima
+      const T *__restrict__ r0 = p + a * rs, *__restrict__ r1 = r0 + rs, *__restrict__ r2 = r1 + rs,
+                            *__restrict__ r3 = r2 + rs;
+      for (i64 j = 0; j < L; ++j) {
+        const T m = me[j];
+        const T v0 = std::abs(r0[j] - m), v1 = std::abs(r1[j] - m), v2 = std::abs(r2[j] - m),
+                v3 = std::abs(r3[j] - m);
+        const T u = (v0 > v1 ? v0 : v1), w = (v2 > v3 ? v2 : v3);
+        const T v = u > w ? u : w;
+        o[j] = o[j] > v ? o[j] : v;
+      }
+    }
+    for (; a < qa1; ++a) {
       const T* __restrict__ r = p + a * rs;
       for (i64 j = 0; j < L; ++j) {
         const T v = std::abs(r[j] - me[j]);

@@ -36,6 +36,7 @@ PRIMITIVE_MODULES = {
 }
 
 _override: str | None = None  # set_backend's choice, else the environment's (read once)
+_native_usable: bool | None = None  # whether the native kernels run here (checked once)
 
 
 def get_backend() -> str:
@@ -50,11 +51,14 @@ def get_backend() -> str:
 
 
 def set_backend(name: str | None) -> None:
-    """Use backend ``name`` (one of BACKENDS) from now on; None: the environment variable's (read again)."""
-    global _override
+    """Use backend ``name`` (one of BACKENDS) from now on; None: the environment variable's (read again, and
+    NORMREPRO_NATIVE and the native library checked again)."""
+    global _override, _native_usable
     if name is not None and name not in BACKENDS:
         raise choice_error("norm backend", name, BACKENDS)
     _override = name
+    if name is None:
+        _native_usable = None
 
 
 @contextlib.contextmanager
@@ -94,11 +98,14 @@ def _triton(t: torch.Tensor) -> ModuleType:
 
 
 def _native_ok(strict: bool) -> bool:
-    mod = _module("native")
-    if mod.usable():
+    global _native_usable
+    if _native_usable is None:
+        _native_usable = _module("native").usable()
+    if _native_usable:
         return True
     if strict:
-        raise ConfigError(f"norm backend 'native' cannot run: {mod.unusable_reason()}; use {ENV}=torch or auto")
+        raise ConfigError(f"norm backend 'native' cannot run: {_module('native').unusable_reason()}; "
+                          f"use {ENV}=torch or auto")
     return False
 
 

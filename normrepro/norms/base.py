@@ -104,10 +104,8 @@ class StatsNorm(NormLayer, _BatchNorm):
 
     @staticmethod
     def _ema(buf: Tensor, value: Tensor, m) -> None:
-        if isinstance(m, Tensor):
-            buf.mul_(1.0 - m).add_(value.to(buf.dtype) * m)
-        else:
-            buf.mul_(1.0 - m).add_(value.to(buf.dtype), alpha=m)
+        """buf <- (1 - m) * buf + m * value (as torch.lerp, one op)."""
+        buf.lerp_(value.to(buf.dtype), m.to(buf.dtype) if isinstance(m, Tensor) else m)
 
     def _record_max_dev(self, max_dev: Tensor | None) -> None:
         self.last_max_dev = max_dev.detach().amax() if max_dev is not None and max_dev.numel() else None

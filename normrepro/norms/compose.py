@@ -28,7 +28,7 @@ import torch
 
 from normrepro.norms import backends
 from normrepro.norms import formulas as FM
-from normrepro.norms.layout import dense, like, view3
+from normrepro.norms.layout import dense, geometry, like, view3
 
 Tensor = torch.Tensor
 
@@ -84,21 +84,20 @@ def _vec(t: Tensor | None, cd: torch.dtype) -> Tensor | None:
     return t if t.is_contiguous() else t.contiguous()
 
 
-def _fused(P, x3: Tensor, kind: str, cd: torch.dtype, comm) -> bool:
-    return comm.fuse and hasattr(P, "fused_forward") and P.fusable(x3, kind, cd)
+def _fused(P, xd: Tensor, kind: str, cd: torch.dtype, comm) -> bool:
+    return comm.fuse and hasattr(P, "fused_forward") and P.fusable(xd, kind, cd)
 
 
 def lp_forward(x: Tensor, weight: Tensor | None, bias: Tensor | None, history: Tensor | None, spec: FM.LpSpec,
                cd: torch.dtype, comm=LOCAL) -> LpForward:
     """Training forward of an Lp batch norm (``spec``) of x (N, C, ...) with statistics in cd."""
     xd = dense(x)
-    x3 = view3(xd)
-    P = backends.primitives(x3, cd)
+    P = backends.primitives(xd, cd)
     gamma, beta, hist = _vec(weight, cd), _vec(bias, cd), _vec(history, cd)
     y = torch.empty_like(xd)
-    y3 = view3(y)
-    if _fused(P, x3, spec.kind, cd, comm) and y3.is_contiguous():
-        return _fused_forward(P, x3, y, y3, gamma, beta, hist, spec, x3.shape[0] * x3.shape[2])
+    if _fused(P, xd, spec.kind, cd, comm):
+        return _fused_forward(P, xd, y, gamma, beta, hist, spec)
+    x3, y3 = view3(xd), view3(y)
     r = _stats(P, x3, hist, spec, cd, comm)
     P.normalize(x3, r.mu, r.s.reciprocal() if gamma is None else gamma / r.s, beta, y3, cd)
     r.y = y
@@ -107,8 +106,8 @@ def lp_forward(x: Tensor, weight: Tensor | None, bias: Tensor | None, history: T
 
 def lp_stats(x: Tensor, history: Tensor | None, spec: FM.LpSpec, cd: torch.dtype, comm=LOCAL) -> LpForward:
     """The batch statistics of ``lp_forward`` without its output (``y`` is None)."""
-    x3 = view3(dense(x))
-    return _stats(backends.primitives(x3, cd), x3, _vec(history, cd), spec, cd, comm)
+    xd = dense(x)
+    return _stats(backends.primitives(xd, cd), view3(xd), _vec(history, cd), spec, cd, comm)
 
 
 def _stats(P, x3: Tensor, hist: Tensor | None, spec: FM.LpSpec, cd: torch.dtype, comm) -> LpForward:
@@ -139,11 +138,14 @@ def _stats(P, x3: Tensor, hist: Tensor | None, spec: FM.LpSpec, cd: torch.dtype,
     return LpForward(None, mu, f, FM.scale(spec, f), aux, sel, max_dev, h_next)
 
 
-def _fused_forward(P, x3, y, y3, gamma, beta, hist, spec: FM.LpSpec, n: int) -> LpForward:
-    """lp_forward through the backend's fused kernel (same formulas: f = f0 + cscale * stat)."""
+def _fused_forward(P, xd, y, gamma, beta, hist, spec: FM.LpSpec) -> LpForward:
+    """lp_forward through the backend's fused kernel (same formulas: f = f0 + cscale * stat) on the dense x itself
+    (its (A, C, B) geometry, no views)."""
+    geom = geometry(xd)
+    n = geom[0] * geom[2]
     cscale, f0 = FM.scale_terms(spec, n, hist)
-    mu, f, s, aux, max_dev, stat = P.fused_forward(spec.kind, x3, gamma, beta, f0, spec.eps, cscale, min(spec.k, n),
-                                                   spec.want_max, hist is not None, y3)
+    mu, f, s, aux, max_dev, stat = P.fused_forward(spec.kind, xd, geom, gamma, beta, f0, spec.eps, cscale,
+                                                   min(spec.k, n), spec.want_max, hist is not None, y)
     if spec.kind != "topk":
         return LpForward(y, mu, f, s, aux, None, max_dev, None)
     h_next = FM.next_history(spec, stat, n, hist) if hist is not None else None
@@ -157,12 +159,12 @@ def lp_backward(dy: Tensor, x: Tensor, weight: Tensor | None, mu: Tensor, s: Ten
     parameter gradients: n_local / n times the global sums, which DDP's all-reduce adds up)."""
     xd = dense(x)
     dyd = like(dy, xd)
-    x3, dy3 = view3(xd), view3(dyd)
-    P = backends.primitives(x3, cd)
-    n_local = x3.shape[0] * x3.shape[2]
+    P = backends.primitives(xd, cd)
     gamma = _vec(weight, cd)
-    if want_dx and _fused(P, x3, spec.kind, cd, comm) and dy3.dtype == cd:
-        return _fused_backward(P, x3, dy3, xd, gamma, mu, s, aux, sel, spec, n_local)
+    if want_dx and _fused(P, xd, spec.kind, cd, comm) and dyd.dtype == cd:
+        return _fused_backward(P, xd, dyd, gamma, mu, s, aux, sel, spec)
+    x3, dy3 = view3(xd), view3(dyd)
+    n_local = x3.shape[0] * x3.shape[2]
     if spec.kind == "topk" and aux is None:  # a single process: the signs of its own selection
         aux = FM.decode_selection(sel, cd)[1].sum(1)
     s1, s2 = P.grad_sums(x3, dy3, mu, cd)
@@ -184,10 +186,11 @@ def lp_backward(dy: Tensor, x: Tensor, weight: Tensor | None, mu: Tensor, s: Ten
     return dx, mean_dyd / s * n_local, mean_dy * n_local
 
 
-def _fused_backward(P, x3, dy3, xd, gamma, mu, s, aux, sel, spec: FM.LpSpec, n: int):
+def _fused_backward(P, xd, dyd, gamma, mu, s, aux, sel, spec: FM.LpSpec):
+    geom = geometry(xd)
     dx = torch.empty_like(xd)
-    s1, s2 = P.fused_backward(spec.kind, x3, dy3, mu, s, gamma, FM.stat_scale(spec, n),
-                              sel if spec.kind == "topk" else aux, view3(dx))
+    s1, s2 = P.fused_backward(spec.kind, xd, dyd, geom, mu, s, gamma, FM.stat_scale(spec, geom[0] * geom[2]),
+                              sel if spec.kind == "topk" else aux, dx)
     return dx, s2 / s, s1
 
 
@@ -207,7 +210,7 @@ def mean_forward(x: Tensor, bias: Tensor | None, cd: torch.dtype, want_max: bool
     """Mean-only batch norm, training: (y = x - mu + beta, mu, max|x - mu| or None)."""
     xd = dense(x)
     x3 = view3(xd)
-    P = backends.primitives(x3, cd)
+    P = backends.primitives(xd, cd)
     mu, max_dev = _mean_stats(P, x3, cd, want_max, comm)
     y = torch.empty_like(xd)
     P.normalize(x3, mu, torch.ones_like(mu), _vec(bias, cd), view3(y), cd)
@@ -216,8 +219,8 @@ def mean_forward(x: Tensor, bias: Tensor | None, cd: torch.dtype, want_max: bool
 
 def mean_stats(x: Tensor, cd: torch.dtype, want_max: bool = False, comm=LOCAL) -> tuple[Tensor, Tensor | None]:
     """(mu, max|x - mu| or None) of ``mean_forward`` without its output."""
-    x3 = view3(dense(x))
-    return _mean_stats(backends.primitives(x3, cd), x3, cd, want_max, comm)
+    xd = dense(x)
+    return _mean_stats(backends.primitives(xd, cd), view3(xd), cd, want_max, comm)
 
 
 def _mean_stats(P, x3: Tensor, cd: torch.dtype, want_max: bool, comm) -> tuple[Tensor, Tensor | None]:
@@ -234,9 +237,9 @@ def mean_backward(dy: Tensor, cd: torch.dtype, want_dx: bool = True, comm=LOCAL)
     """(dL/dx = dy - mean(dy) or None, dL/dbeta in cd: this process's share, as in ``lp_backward``)."""
     dyd = dense(dy)
     dy3 = view3(dyd)
-    P = backends.primitives(dy3, cd)
+    P = backends.primitives(dyd, cd)
     n_local = dy3.shape[0] * dy3.shape[2]
-    (s1,), n = comm.sum_count([P.grad_sums(None, dy3, None, cd)[0]], n_local)
+    (s1,), n = comm.sum_count([P.channel_sums(dy3, cd)], n_local)  # sum dy
     mean_dy = (s1 / n).to(cd)
     dx = None
     if want_dx:

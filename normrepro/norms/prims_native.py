@@ -130,40 +130,41 @@ def scatter_add(out3: Tensor, idx: Tensor, w: Tensor) -> None:
                  _arr(w, out3.dtype))
 
 
-def fusable(x3: Tensor, kind: str, cd: torch.dtype) -> bool:
-    """Whether ``fused_forward``/``fused_backward`` apply: an L1 or Top-k norm of a contiguous view in cd."""
-    return kind in KINDS and x3.dtype == cd and x3.is_contiguous()
+def fusable(xd: Tensor, kind: str, cd: torch.dtype) -> bool:
+    """Whether ``fused_forward``/``fused_backward`` apply: an L1 or Top-k norm of a dense x (``layout.dense``) in cd."""
+    return kind in KINDS and xd.dtype == cd
 
 
-def fused_forward(kind: str, x3: Tensor, gamma: Tensor | None, beta: Tensor | None, f0: Tensor | None, eps: float,
-                  cscale: float, k: int, want_max: bool, want_stat: bool, y3: Tensor):
-    """Statistics and output in one call: f = f0 + cscale * stat (stat: mean|d| for l1, the mean of the k largest
-    |d| for topk), s = f + eps, y = gamma*(x - mu)/s + beta written into y3 (contiguous, in cd = x3's dtype).
-    Returns (mu, f, s, aux, max_dev, stat): aux = mean sign(d) (l1) or the (C, k) selection codes of
-    ``formulas.encode_selection`` (topk, whose max_dev is always returned); max_dev / stat None when not asked."""
-    cd = x3.dtype
-    a, c, b = x3.shape
-    mu, f, s = x3.new_empty(c), x3.new_empty(c), x3.new_empty(c)
+def fused_forward(kind: str, xd: Tensor, geom: tuple[int, int, int], gamma: Tensor | None, beta: Tensor | None,
+                  f0: Tensor | None, eps: float, cscale: float, k: int, want_max: bool, want_stat: bool, y: Tensor):
+    """Statistics and output in one call on a dense x with (A, C, B) = geom: f = f0 + cscale * stat (stat: mean|d|
+    for l1, the mean of the k largest |d| for topk), s = f + eps, y = gamma*(x - mu)/s + beta written into y (x's
+    strides, cd = x's dtype). Returns (mu, f, s, aux, max_dev, stat): aux = mean sign(d) (l1) or the (C, k)
+    selection codes of ``formulas.encode_selection`` (topk, whose max_dev is always returned); max_dev / stat None
+    when not asked."""
+    cd = xd.dtype
+    a, c, b = geom
+    mu, f, s = xd.new_empty(c), xd.new_empty(c), xd.new_empty(c)
     topk = kind == "topk"
-    aux1 = x3.new_empty(c, k) if topk else x3.new_empty(c)
+    aux1 = xd.new_empty(c, k) if topk else xd.new_empty(c)
     code = torch.empty(c, k, dtype=torch.int64) if topk else None
-    max_dev = x3.new_empty(c) if want_max or topk else None
-    stat = x3.new_empty(c) if want_stat else None
-    _native.call("nr_fwd", cd, KINDS[kind], x3, a, c, b, _arr(gamma, cd), _arr(beta, cd), _arr(f0, cd), eps, cscale,
-                 k, y3, mu, f, s, aux1, code, max_dev, stat, _nt())
+    max_dev = xd.new_empty(c) if want_max or topk else None
+    stat = xd.new_empty(c) if want_stat else None
+    _native.call("nr_fwd", cd, KINDS[kind], xd, a, c, b, _arr(gamma, cd), _arr(beta, cd), _arr(f0, cd), eps, cscale,
+                 k, y, mu, f, s, aux1, code, max_dev, stat, _nt())
     return mu, f, s, (code if topk else aux1), max_dev, stat
 
 
-def fused_backward(kind: str, x3: Tensor, dy3: Tensor, mu: Tensor, s: Tensor, gamma: Tensor | None, cscale: float,
-                   aux: Tensor, dx3: Tensor) -> tuple[Tensor, Tensor]:
-    """Sums and dx in one call (formulas of ``formulas.lp_input_grad_coefs``): writes dx3 (contiguous, in x3's dtype)
-    and returns (sum dy, sum dy*d). aux: mean sign(d) (l1) or the (C, k) selection codes (topk)."""
-    cd = x3.dtype
-    a, c, b = x3.shape
-    s1, s2 = x3.new_empty(c), x3.new_empty(c)
+def fused_backward(kind: str, xd: Tensor, dyd: Tensor, geom: tuple[int, int, int], mu: Tensor, s: Tensor,
+                   gamma: Tensor | None, cscale: float, aux: Tensor, dx: Tensor) -> tuple[Tensor, Tensor]:
+    """Sums and dx in one call (formulas of ``formulas.lp_input_grad_coefs``) on dense x, dy and dx of the same
+    strides and (A, C, B) = geom: writes dx and returns (sum dy, sum dy*d). aux: mean sign(d) (l1) or the (C, k)
+    selection codes (topk)."""
+    cd = xd.dtype
+    a, c, b = geom
+    s1, s2 = xd.new_empty(c), xd.new_empty(c)
     topk = kind == "topk"
     k = aux.shape[1] if topk else 1
-    _native.call("nr_bwd", cd, KINDS[kind], x3, _arr(dy3, cd), a, c, b, _arr(mu, cd), _arr(s, cd), _arr(gamma, cd),
-                 cscale, k, None if topk else _arr(aux, cd), _arr(aux, torch.int64) if topk else None, dx3, s1, s2,
-                 _nt())
+    _native.call("nr_bwd", cd, KINDS[kind], xd, dyd, a, c, b, _arr(mu, cd), _arr(s, cd), _arr(gamma, cd), cscale, k,
+                 None if topk else _arr(aux, cd), _arr(aux, torch.int64) if topk else None, dx, s1, s2, _nt())
     return s1, s2
