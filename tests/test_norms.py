@@ -301,6 +301,28 @@ def test_saved_bytes_for_backward(channels_last):
             assert saved_bytes(build_norm("mean", 32), x) < 0.1 * bn
 
 
+def activation_allocations(module, x, g) -> int:
+    """How many tensors of at least x's size one training forward+backward allocates (torch.profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.autograd.grad(module(x), [x], g)
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        torch.autograd.grad(module(x), [x], g)
+    return sum(e.self_cpu_memory_usage >= x.numel() * x.element_size() for e in prof.events())
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_no_more_fresh_activation_buffers_than_batchnorm(channels_last):
+    """As users run (glibc's default allocator, no mallopt): each fresh activation-sized buffer costs page faults,
+    so on the default CPU backend the layers allocate no more of them per call than nn.BatchNorm2d (y and dx)."""
+    x = make_input((16, 32, 8, 8), torch.float32, channels_last).requires_grad_(True)
+    g = make_input((16, 32, 8, 8), torch.float32, channels_last, seed=4)
+    bn = activation_allocations(torch.nn.BatchNorm2d(32), x, g)
+    assert bn >= 2
+    for name, opts in [("l1", {}), ("linf", {}), ("topk", {}), ("topk_ghost", {}), ("mean", {}), ("l2", {"impl": "lp"})]:
+        assert activation_allocations(build_norm(name, 32, **opts), x, g) <= bn, name
+
+
 # ---------------------------------------------------------------------------------------------- paths
 def test_nan_input_gives_nan_not_a_crash():
     x = make_input((4, 3, 5, 5), torch.float32)
