@@ -5,9 +5,10 @@ synchronized norm (``comm``) between them:
               dev_stats(x3, mu)  (l1, l2)       -> comm.sum / comm.max
               topk_dev(x3, mu, k) (topk)        -> comm.topk: the global top-k of the candidates
               formulas.finalize / scale (torch, per channel), then normalize(x3, mu, gamma/s, beta, y3)
-    backward: grad_sums(x3, dy3, mu)            -> comm.sum_count
+    backward: grad_sums(x3, dy3, mu)            -> comm.sum_count   (mean-only BN: channel_sums(dy3))
               formulas.lp_input_grad_coefs (torch), input_grad(x3, dy3, mu, a, kd, ks, c0, dx3)
               (+ Top-k: scatter-add at the selected values)
+``lp_stats`` / ``mean_stats`` are the forward's statistics alone (the ``split`` form of compiled graphs).
 
 A backend (``backends.primitives``) is a module with these functions (tensors x3, dy3, out3: (A, C, B) views with
 any strides; per-channel vectors (C,) in the compute dtype cd; sums in float32, float64 for cd float64):
@@ -17,8 +18,9 @@ any strides; per-channel vectors (C,) in the compute dtype cd; sums in float32, 
     normalize(x3, mu, scale, shift, out3, cd)          out3 = (x - mu) * scale + shift
     grad_sums(x3, dy3, mu, cd) -> (sum dy, sum dy*d)
     input_grad(x3, dy3, mu, a, kd, ks, c0, out3, cd)   out3 = a*dy + kd*d + ks*sign(d) + c0
-and optionally ``scatter_add`` and the fused ``fused_forward``/``fused_backward`` (+ ``fusable``), used only
-without collectives. ``LOCAL`` is the no-collective ``comm`` (one process); ``sync.Collectives`` the other.
+and optionally ``scatter_add`` and the fused ``fused_forward``/``fused_backward`` (+ ``fusable``; on the dense
+tensors and their (A, C, B) geometry), used only without collectives. ``LOCAL`` is the no-collective ``comm``
+(one process); ``sync.Collectives`` the other.
 """
 from __future__ import annotations
 

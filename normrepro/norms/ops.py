@@ -2,12 +2,17 @@
 
     torch.ops.normrepro.lp_norm_fwd / lp_norm_bwd      l1, topk (L-inf, ghost Top-k), l2 (impl=lp)
     torch.ops.normrepro.mean_norm_fwd / mean_norm_bwd  mean-only batch norm
+    torch.ops.normrepro.lp_norm_stats / mean_norm_stats  the forward's batch statistics alone
 
-Each has a fake (meta) implementation and the forward has its autograd formula (the backward op), so
-``torch.compile(model, fullgraph=True)`` keeps each norm as one opaque op: the compiled graph calls the backend's
-kernels (the C++ CPU kernels included) instead of tracing them. The implementation is ``compose.py``'s on the
-backend chosen at run time (``backends.py``). The forward saves x (the one activation-sized tensor) and per-channel
-vectors for the backward.
+Each has a fake (meta) implementation and the forward ops their autograd formula (lp_norm_bwd, or torch ops for
+the statistics ops), so ``torch.compile(model, fullgraph=True)`` captures a norm without a graph break and runs the
+backend's kernels (the C++ CPU kernels included) inside the compiled graph. Two forms, ``NORMREPRO_COMPILED_NORMS``:
+    split (default)  the statistics are one opaque op (lp_norm_stats); the output y = (x - mu) * gamma / s + beta
+                     and the gradients are torch ops that inductor fuses with the neighbouring ReLU / add / conv
+                     epilogue, as it does for BatchNorm (measured faster: see docs/bench_train.md)
+    opaque           one op for the forward (lp_norm_fwd) and one for the backward (lp_norm_bwd)
+The implementation is ``compose.py``'s on the backend chosen at run time (``backends.py``). The forward saves x (the
+one activation-sized tensor) and per-channel vectors for the backward.
 
 ``lp_norm`` / ``mean_norm`` are the differentiable entry points the layers call. While dynamo traces (and for
 tensor subclasses such as FakeTensor) they call the registered ops; in eager mode they call ``LpNormFunction`` /
