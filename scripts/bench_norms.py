@@ -9,8 +9,11 @@ over BatchNorm2d's (torch.autograd.graph.saved_tensors_hooks). Methods (columns 
     op        this package's layer on the default backend (native C++ kernels on the CPU, Triton on CUDA)
     torch     the same layer with NORMREPRO_NORM_BACKEND=torch (its primitives as torch ops)
     compiled  torch.compile of the norm's formula written as plain torch ops (what inductor makes of it)
-On CUDA each row also prints the bound: the time to move the bytes a fused forward+backward must move (read x,
-write y; read x and dy, write dx: 5 tensors) at the GPU's memory bandwidth (measured with a 1 GiB copy).
+The compiled formula is compiled once per norm, dtype and layout (dynamic shapes; L-inf and Top-k once per n, as
+C(n) is a Python constant): on CUDA the default run compiles a few dozen times, minutes in all (``--methods
+op,torch`` skips them). On CUDA each row also prints the bound: the time to move the bytes a fused forward+backward
+must move (read x, write y; read x and dy, write dx: 5 tensors) at the GPU's memory bandwidth (measured with a
+1 GiB copy).
 
 The CPU figures use glibc's default allocator, as train.py runs (after a larger shape, fresh activation buffers
 cost page faults); ``--keep-freed-memory`` raises glibc's trim/mmap thresholds first (the steadier figures).
@@ -45,31 +48,46 @@ LAYOUTS = {"NCHW": torch.contiguous_format, "NHWC": torch.channels_last}
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-class Formula(torch.nn.Module):
+def formula(x, weight, bias, name: str):
     """A norm's training forward written as plain torch ops (autograd backward): the ``compiled`` method's input."""
+    c = x.shape[1]
+    n = x.numel() // c
+    mu = x.mean((0, 2, 3), keepdim=True)
+    d = x - mu
+    if name == "mean":
+        return d + bias.view(1, -1, 1, 1)
+    if name == "l1":
+        s = math.sqrt(math.pi / 2) * d.abs().mean((0, 2, 3), keepdim=True) + 1e-5
+    elif name in ("linf", "topk", "topk_ghost"):
+        k = 1 if name == "linf" else 10
+        top = d.abs().transpose(0, 1).reshape(c, -1).topk(k, dim=1).values.mean(1)
+        s = (c_linf(n) * top + 1e-5).view(1, -1, 1, 1)
+    else:  # l2
+        s = (d.pow(2).mean((0, 2, 3), keepdim=True) + 1e-5).sqrt()
+    return d / s * weight.view(1, -1, 1, 1) + bias.view(1, -1, 1, 1)
 
-    def __init__(self, name: str, channels: int):
+
+_COMPILED: dict = {}
+
+
+class Formula(torch.nn.Module):
+    """``formula`` as a layer with its own gamma and beta; ``compile_backend`` set: through one torch.compile of
+    ``formula`` per backend and norm (dynamic shapes, so shapes and batch sizes reuse it)."""
+
+    def __init__(self, name: str, channels: int, compile_backend: str | None = None):
         super().__init__()
         self.name = name
         self.weight = torch.nn.Parameter(torch.ones(channels))
         self.bias = torch.nn.Parameter(torch.zeros(channels))
+        self.fn = formula
+        if compile_backend is not None:
+            key = (compile_backend, name)
+            if key not in _COMPILED:
+                _COMPILED[key] = torch.compile(formula, dynamic=True, backend=compile_backend)
+            self.fn = _COMPILED[key]
 
     def forward(self, x):
-        c = x.shape[1]
-        n = x.numel() // c
-        mu = x.mean((0, 2, 3), keepdim=True)
-        d = x - mu
-        if self.name == "mean":
-            return d + self.bias.view(1, -1, 1, 1)
-        if self.name == "l1":
-            s = math.sqrt(math.pi / 2) * d.abs().mean((0, 2, 3), keepdim=True) + 1e-5
-        elif self.name in ("linf", "topk", "topk_ghost"):
-            k = 1 if self.name == "linf" else min(10, n)
-            top = d.abs().transpose(0, 1).reshape(c, -1).topk(k, dim=1).values.mean(1)
-            s = (c_linf(n) * top + 1e-5).view(1, -1, 1, 1)
-        else:  # l2
-            s = (d.pow(2).mean((0, 2, 3), keepdim=True) + 1e-5).sqrt()
-        return d / s * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+        return self.fn(x, self.weight, self.bias, self.name)
 
 
 def time_fb(module, x, g, iters: int, sync) -> float:
@@ -103,8 +121,7 @@ def columns(shape, norms, methods, device, dtype, compile_backend="inductor"):
             if name == "l2" and method != "op":
                 continue  # build_norm("l2") is torch's batch norm itself
             if method == "compiled":
-                mod = torch.compile(Formula(name, c).to(device), dynamic=False, backend=compile_backend)
-                cols[f"{name}/{method}"] = Timed(mod, None)
+                cols[f"{name}/{method}"] = Timed(Formula(name, c, compile_backend).to(device), None)
             else:
                 cols[f"{name}/{method}"] = Timed(build_norm(name, c).to(device), "torch" if method == "torch" else None)
     return cols
@@ -219,7 +236,7 @@ def main(argv=None) -> int:
     p.add_argument("--compile-backend", default="inductor", help="torch.compile backend of the compiled method")
     p.add_argument("--markdown", default=None, help="also write the table(s) to this Markdown file (atomically)")
     args = p.parse_args(argv)
-    for limit in ("cache_size_limit", "recompile_limit"):  # one compile per shape, dtype and layout
+    for limit in ("cache_size_limit", "recompile_limit"):  # one compile per norm, dtype and layout
         if hasattr(torch._dynamo.config, limit):
             setattr(torch._dynamo.config, limit, 1024)
     kept = keep_freed_memory() if args.keep_freed_memory else False

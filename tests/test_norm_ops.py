@@ -134,6 +134,22 @@ def test_native_primitives_equal_torch(dtype, layout):
         torch.testing.assert_close(on, ot, **tol)
 
 
+@needs_native
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+def test_native_topk_with_ties_and_zeros(layout):
+    """Repeated values (ties in any order) and zero deviations: the same k largest |d| as torch.topk."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(-3, 4, (40, 6, 3, 3), generator=g).double()
+    x = x.contiguous(memory_format=torch.channels_last) if layout == "nhwc" else x
+    x3 = view3(x)
+    mu = torch.zeros(6, dtype=torch.float64)
+    for k in (1, 10, 37):
+        (dn, iN), (dt, _) = PN.topk_dev(x3, mu, k, torch.float64), PT.topk_dev(x3, mu, k, torch.float64)
+        torch.testing.assert_close(dn.abs(), dt.abs(), rtol=0, atol=0)
+        flat = x3.transpose(0, 1).reshape(6, -1)
+        torch.testing.assert_close(flat.gather(1, iN), dn, rtol=0, atol=0)  # the indices point at those values
+
+
 def test_torch_primitives_fp16_squares_overflow_like_torch():
     """Elementwise math in cd: float16 d*d overflows past |d| = 255.9 (the paper's naive L2), sums in float32."""
     x3 = torch.tensor([[[0.0, 300.0]], [[-300.0, 0.0]]], dtype=torch.float16)  # (2, 1, 2), mu = 0

@@ -319,7 +319,8 @@ def test_no_more_fresh_activation_buffers_than_batchnorm(channels_last):
     g = make_input((16, 32, 8, 8), torch.float32, channels_last, seed=4)
     bn = activation_allocations(torch.nn.BatchNorm2d(32), x, g)
     assert bn >= 2
-    for name, opts in [("l1", {}), ("linf", {}), ("topk", {}), ("topk_ghost", {}), ("mean", {}), ("l2", {"impl": "lp"})]:
+    for name, opts in [("l1", {}), ("linf", {}), ("topk", {}), ("topk_ghost", {}), ("mean", {}),
+                       ("l2", {"impl": "lp"})]:
         assert activation_allocations(build_norm(name, 32, **opts), x, g) <= bn, name
 
 

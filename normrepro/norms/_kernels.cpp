@@ -87,7 +87,7 @@ struct TopList;
 template <typename T>
 struct Scratch {
   std::vector<TopList<T>> lists;
-  std::vector<T> t0, t1, t2, t3, t4, t5;
+  std::vector<T> t0, t1, t2, t3, t4, t5, t6, t7;
   std::vector<double> d0, d1, d2;
   std::vector<uint8_t> m0, m1;
   std::vector<i64> iv;
@@ -555,8 +555,9 @@ inline i64 topk_block_rows(i64 A, i64 B) {  // rows per block: a few hundred blo
 // Per channel of the view: dev[ch*k + j] = the signed x - mu of the j-th largest |x - mu|, idx[...] its
 // index inside the channel (a*B + b). Three phases, each at most about one vectorised pass:
 // (1) blocks = one column over R consecutive rows (a few hundred per channel); bm = block max |x - mu|;
-// (2) t = the k-th largest distinct block max of the channel (k vectorised passes over bm): k blocks hold
-//     a value >= t, so the k-th largest value is >= t, and every value >= t lies in a block with bm >= t;
+// (2) t = the k-th largest distinct block max of the channel (k vectorised passes over bm; rows layout: the k-th
+//     largest counting repeats, in one pass): k blocks hold a value >= t, so the k-th largest value is >= t,
+//     and every value >= t lies in a block with bm >= t;
 // (3) scan the rows of the blocks with bm >= t, in index order, inserting the values >= t into the list.
 template <typename T>
 void view_topk(const T* __restrict__ p, i64 rs, i64 A, i64 L, i64 B, const T* __restrict__ mu, int k,
@@ -598,8 +599,25 @@ void view_topk(const T* __restrict__ p, i64 rs, i64 A, i64 L, i64 B, const T* __
     for (i64 j = 0; j < L; ++j) o[j] = nan_low(o[j]);
   }
   // phase 2
-  std::fill(te, te + L, T(INFINITY));
-  for (int i = 0; i < k; ++i) {
+  if (B == 1) {  // one pass over bm: per column the k largest block maxima (with repeats), kept in L1
+    T* __restrict__ tl = S.get(S.t6, size_t(k) * L);
+    T* __restrict__ vv = S.get(S.t7, L);
+    std::fill(tl, tl + size_t(k) * L, T(-1));
+    for (i64 q = 0; q < m; ++q) {
+      std::copy(bm + q * L, bm + q * L + L, vv);
+      for (int i = 0; i < k; ++i) {  // a compare-exchange chain, vectorised over the columns
+        T* __restrict__ e = tl + size_t(i) * L;
+        for (i64 j = 0; j < L; ++j) {
+          const T hi = e[j] > vv[j] ? e[j] : vv[j];
+          vv[j] = e[j] > vv[j] ? vv[j] : e[j];
+          e[j] = hi;
+        }
+      }
+    }
+    for (i64 j = 0; j < L; ++j) te[j] = t[j] = tl[size_t(k - 1) * L + j];
+  }
+  if (B > 1) std::fill(te, te + L, T(INFINITY));
+  for (int i = 0; i < (B > 1 ? k : 0); ++i) {
     std::fill(acc, acc + L, T(-1));
     for (i64 q = 0; q < m; ++q) {
       const T* __restrict__ b = bm + q * L;
