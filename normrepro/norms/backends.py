@@ -9,9 +9,11 @@
             Triton cannot run
 
 A backend is a module with the primitives of ``compose.py``; ``PRIMITIVE_MODULES`` is the table (one line per
-backend). The environment variable is read when a norm first runs; ``set_backend`` / ``with backend(name):``
-override it for this process (``set_backend(None)`` reads the variable again). The choice is looked up whenever a
-norm runs, so it also applies inside compiled graphs (the norm ops are opaque to torch.compile).
+backend). The Triton module also has ``available()`` / ``unavailable_reason()`` and may have ``supports(t, cd)``
+(False: torch ops for that tensor and dtype, e.g. float64). The environment variable is read when a norm first
+runs; ``set_backend`` / ``with backend(name):`` override it for this process (``set_backend(None)`` reads the
+variable again). The choice is looked up whenever a norm runs, so it also applies inside compiled graphs (the norm
+ops are opaque to torch.compile).
 """
 from __future__ import annotations
 
@@ -81,7 +83,7 @@ def _module(name: str) -> ModuleType | None:
         return None
 
 
-def _triton(t: torch.Tensor) -> ModuleType:
+def _triton(t: torch.Tensor, cd: torch.dtype) -> ModuleType:
     mod = _module("triton")
     if mod is None:
         raise ConfigError(f"norm backend 'triton' is not available ({PRIMITIVE_MODULES['triton']} cannot be "
@@ -94,7 +96,8 @@ def _triton(t: torch.Tensor) -> ModuleType:
     if t.device.type == "cpu" and os.environ.get("TRITON_INTERPRET", "0") != "1":
         raise ConfigError(f"norm backend 'triton' needs a CUDA GPU, or TRITON_INTERPRET=1 to run its kernels on the "
                           f"CPU through Triton's interpreter; use {ENV}=torch or native")
-    return mod
+    supports = getattr(mod, "supports", None)  # optional: e.g. no float64 kernels -> torch ops for those
+    return mod if supports is None or supports(t, cd) else _module("torch")
 
 
 def _native_ok(strict: bool) -> bool:
@@ -115,7 +118,7 @@ def primitives(t: torch.Tensor, cd: torch.dtype) -> ModuleType:
     if name == "torch" or torch.compiler.is_compiling():  # code that dynamo traces runs as torch ops
         return _module("torch")
     if name == "triton":
-        return _triton(t)
+        return _triton(t, cd)
     native = _module("native")
     if name == "native":
         return native if native.supports(t, cd) and _native_ok(strict=True) else _module("torch")
@@ -124,6 +127,7 @@ def primitives(t: torch.Tensor, cd: torch.dtype) -> ModuleType:
         return native
     if t.device.type == "cuda":
         mod = _module("triton")
-        if mod is not None and getattr(mod, "available", lambda: False)():
+        if mod is not None and getattr(mod, "available", lambda: False)() and \
+                getattr(mod, "supports", lambda *_: True)(t, cd):
             return mod
     return _module("torch")
