@@ -139,6 +139,13 @@ class TopkNorm(LinfNorm):
     k: PosInt = 10
 
 
+class GhostTopkNorm(TopkNorm):
+    """``norm.name=topk_ghost`` (the authors' ghost Top-k: a history of the top-k mean)."""
+
+    beta: _typed(float, "a number in (0, 1)", gt=0, lt=1) = 0.75
+    ghost_bug: Bool = False
+
+
 class NoNorm(NormBase):
     """``norm.name=none``."""
 
@@ -295,7 +302,8 @@ class Wandb(Section):
 
 
 CHOICES: dict[str, dict[str, type[Section]]] = {
-    "norm": {"l2": L2Norm, "l1": L1Norm, "linf": LinfNorm, "topk": TopkNorm, "mean": MeanNorm, "none": NoNorm},
+    "norm": {"l2": L2Norm, "l1": L1Norm, "linf": LinfNorm, "topk": TopkNorm, "topk_ghost": GhostTopkNorm,
+             "mean": MeanNorm, "none": NoNorm},
     "model": {**{f"resnet{d}": HeResNet for d in (20, 32, 44, 56, 110)},
               **{f"resnet{d}_cifar": CifarResNet for d in (18, 34, 50)}, "wrn": WRN,
               **{f"vgg{d}": VGG for d in (11, 13, 16, 19)}, "resnet18": TorchvisionResNet,

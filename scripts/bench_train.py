@@ -15,10 +15,11 @@ Also the data path alone: images/s of the in-memory loader (uint8 on the device,
 normalize) against torchvision's DataLoader with the standard transforms over PIL images
 (RandomCrop(32, padding=4), RandomHorizontalFlip, ToTensor, Normalize; num_workers 0 and 2).
 On CUDA (``--device cuda`` or ``all`` with a GPU): the same, plus the time to the first epoch of a
-CIFAR-sized synthetic set (50k images) for ResNet-18.
+CIFAR-sized synthetic set (50k images) for ResNet-18. CPU figures use glibc's default allocator, as train.py
+runs; ``--keep-freed-memory`` keeps freed buffers mapped (mallopt) for steadier numbers.
 
     python scripts/bench_train.py --quick                      # resnet20, l2+l1, eager, a few steps
-    python scripts/bench_train.py --models resnet20 --compile both --out /tmp/bench.md
+    python scripts/bench_train.py --models resnet20 --compile both --threads 1,2 --out bench.md
     python scripts/bench_train.py --models resnet18 --norms l1,l2 --steps 4 --rounds 3
 """
 from __future__ import annotations
@@ -47,6 +48,7 @@ from normrepro.data import InMemoryLoader, build_data  # noqa: E402
 from normrepro.data.sources import CIFAR_MEAN, CIFAR_STD  # noqa: E402
 from normrepro.precision import build_precision  # noqa: E402
 from normrepro.utils.bench import bench_devices, keep_freed_memory  # noqa: E402
+from normrepro.utils.io import atomic_write_text  # noqa: E402
 
 MODELS = {"resnet20": "resnet20", "resnet18": "resnet18_cifar"}  # short name -> normrepro/conf/model
 NORMS = ["l2", "l1", "linf", "topk"]
@@ -224,7 +226,7 @@ def first_epoch(args, device, compile_):
     --first-epoch-images CIFAR-shaped synthetic images, default 50k, and the test pass over a fifth of that),
     and that epoch's training images/s."""
     n = args.first_epoch_images
-    cfg = make_cfg("resnet18", "l1", args, device, compile_, 1, 0, num_train=n, max_steps=False)
+    cfg = make_cfg(args.first_epoch_model, "l1", args, device, compile_, 1, 0, num_train=n, max_steps=False)
     cfg.dataset.num_test = max(n // 5, args.batch_size)
     out = {}
     t0 = time.perf_counter()
@@ -258,6 +260,48 @@ def table(rows):
     return lines
 
 
+def bench_device(device, args, models, norms, modes, skip_compiled, kept) -> str:
+    """The Markdown section of one device (and CPU thread count): training loop, data path, first epoch."""
+    if device.type == "cpu":
+        torch.set_num_threads(args.threads)
+    steps = args.steps or (6 if device.type == "cpu" else 50)
+    dargs = argparse.Namespace(**{**vars(args), "steps": steps})
+    title = describe(device, args, kept)
+    print(f"\n## {title}\n", flush=True)
+    section = [f"### {title}", ""]
+    if not args.no_train:
+        rows, skipped = [], []
+        for compile_ in modes:
+            for model in models:
+                if compile_ and model in skip_compiled:
+                    skipped.append(f"{model} compiled")
+                    continue
+                rows += bench_model(model, norms, compile_, dargs, device)
+        lines = table(rows)
+        note = (f"Batch {args.batch_size}, {steps} timed steps per round, {args.rounds} alternating rounds "
+                f"(medians; ratios are medians of per-round ratios), first fit() epoch excluded."
+                + (f" Skipped: {', '.join(skipped)}." if skipped else ""))
+        print(note + "\n\n" + "\n".join(lines), flush=True)
+        section += [note, ""] + lines + [""]
+    if args.data:
+        ips = bench_data(dargs, device)
+        base = ips["in-memory"]
+        lines = [f"| data path (batch {args.batch_size}) | images/s | in-memory ÷ this |", "|---|---|---|"]
+        lines += [f"| {k} | {v:,.0f} | {base / v:.1f}× |" for k, v in ips.items()]
+        print("\n" + "\n".join(lines), flush=True)
+        section += lines + [""]
+    if args.first_epoch == "1" or (args.first_epoch == "auto" and device.type == "cuda"):
+        for compile_ in modes:
+            fe = first_epoch(dargs, device, compile_)
+            line = (f"Time to first epoch, {args.first_epoch_model}, L1, {args.first_epoch_images:,} synthetic "
+                    f"32×32 images, batch {args.batch_size}, {'compiled' if compile_ else 'eager'}: "
+                    f"{fe['seconds']:.1f} s "
+                    f"(epoch incl. test pass {fe['epoch_seconds']:.1f} s, train {fe['train_ips']:,.0f} img/s)")
+            print("\n" + line, flush=True)
+            section += [line, ""]
+    return "\n".join(section)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", default="resnet20,resnet18", help=f"comma-separated, of {','.join(MODELS)}")
@@ -269,17 +313,19 @@ def main(argv=None) -> int:
     p.add_argument("--skip-compiled", default="",
                    help="comma-separated models not to compile (e.g. resnet18: minutes of compiling on a CPU)")
     p.add_argument("--device", default="all", choices=["all", "cpu", "cuda"])
-    p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads on the CPU")
+    p.add_argument("--threads", default="1", help="CPU: comma-separated torch.set_num_threads values, e.g. 1,2")
     p.add_argument("--data", type=int, default=1, choices=[0, 1], help="also benchmark the data path alone")
     p.add_argument("--data-images", type=int, default=5120)
     p.add_argument("--workers", default="0,2", help="torchvision DataLoader num_workers to time")
     p.add_argument("--first-epoch", default="auto", choices=["auto", "0", "1"],
                    help="time to first epoch of ResNet-18 on 50k synthetic images (auto: on CUDA only)")
     p.add_argument("--first-epoch-images", type=int, default=50000, help="training images (test: a fifth)")
+    p.add_argument("--first-epoch-model", default="resnet18", choices=list(MODELS), help="the first epoch's model")
     p.add_argument("--no-train", action="store_true", help="only the data path (and first epoch)")
     p.add_argument("--quick", action="store_true", help="resnet20, l2+l1, eager, 3 steps, 2 rounds")
     p.add_argument("--out", default=None, help="also write the Markdown tables to this file (atomically)")
-    p.add_argument("--no-keep-memory", action="store_true", help="leave glibc's trimming on")
+    p.add_argument("--keep-freed-memory", action="store_true",
+                   help="keep freed buffers mapped (mallopt) instead of glibc's default trimming, as train.py runs")
     args = p.parse_args(argv)
     if args.quick:
         args.models, args.norms, args.compile, args.rounds = "resnet20", "l2,l1", "0", 2
@@ -293,7 +339,7 @@ def main(argv=None) -> int:
     norms = [BN] + [n for n in norms if n != BN] if BN in norms else norms  # BN first: its row is the baseline
     modes = {"0": [False], "1": [True], "both": [False, True]}[args.compile]
     skip_compiled = {m.strip() for m in args.skip_compiled.split(",") if m.strip()}
-    kept = False if args.no_keep_memory else keep_freed_memory()
+    kept = keep_freed_memory() if args.keep_freed_memory else False
     logging.getLogger("normrepro").setLevel(logging.WARNING)
 
     devices = bench_devices(args.device)
@@ -302,51 +348,14 @@ def main(argv=None) -> int:
         return 2
 
     md = []
+    thread_counts = [int(t) for t in str(args.threads).split(",") if t.strip()]
     for device in devices:
-        if device.type == "cpu":
-            torch.set_num_threads(args.threads)
-        steps = args.steps or (6 if device.type == "cpu" else 50)
-        dargs = argparse.Namespace(**{**vars(args), "steps": steps})
-        title = describe(device, args, kept)
-        print(f"\n## {title}\n", flush=True)
-        section = [f"### {title}", ""]
-        if not args.no_train:
-            rows, skipped = [], []
-            for compile_ in modes:
-                for model in models:
-                    if compile_ and model in skip_compiled:
-                        skipped.append(f"{model} compiled")
-                        continue
-                    rows += bench_model(model, norms, compile_, dargs, device)
-            lines = table(rows)
-            note = (f"Batch {args.batch_size}, {steps} timed steps per round, {args.rounds} alternating rounds "
-                    f"(medians; ratios are medians of per-round ratios), first fit() epoch excluded."
-                    + (f" Skipped: {', '.join(skipped)}." if skipped else ""))
-            print(note + "\n\n" + "\n".join(lines), flush=True)
-            section += [note, ""] + lines + [""]
-        if args.data:
-            ips = bench_data(dargs, device)
-            base = ips["in-memory"]
-            lines = [f"| data path (batch {args.batch_size}) | images/s | in-memory ÷ this |", "|---|---|---|"]
-            lines += [f"| {k} | {v:,.0f} | {base / v:.1f}× |" for k, v in ips.items()]
-            print("\n" + "\n".join(lines), flush=True)
-            section += lines + [""]
-        if args.first_epoch == "1" or (args.first_epoch == "auto" and device.type == "cuda"):
-            for compile_ in modes:
-                fe = first_epoch(dargs, device, compile_)
-                line = (f"Time to first epoch, ResNet-18 (CIFAR), L1, {args.first_epoch_images:,} synthetic "
-                        f"32×32 images, batch {args.batch_size}, {'compiled' if compile_ else 'eager'}: "
-                        f"{fe['seconds']:.1f} s "
-                        f"(epoch incl. test pass {fe['epoch_seconds']:.1f} s, train {fe['train_ips']:,.0f} img/s)")
-                print("\n" + line, flush=True)
-                section += [line, ""]
-        md.append("\n".join(section))
+        for threads in (thread_counts if device.type == "cpu" else [thread_counts[0]]):
+            md.append(bench_device(device, argparse.Namespace(**{**vars(args), "threads": threads}), models, norms,
+                                   modes, skip_compiled, kept))
     if args.out:
-        out = Path(args.out)
-        tmp = out.with_name(out.name + ".tmp")
-        tmp.write_text("\n".join(md))
-        os.replace(tmp, out)
-        print(f"\nwrote {out}")
+        atomic_write_text(args.out, "\n".join(md))
+        print(f"\nwrote {args.out}")
     return 0
 
 

@@ -26,7 +26,8 @@ def test_one_training_step(name):
     torch.manual_seed(0)
     model = build_model(name, 5, norm_factory("l1"), in_channels=1, **tiny_kwargs(name))
     assert isinstance(model.fc, nn.Linear) and model.fc.out_features == 5
-    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()), "norm_layer ignored"
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]  # ours are _BatchNorms too
+    assert norms and all(type(m).__name__ == "L1BatchNorm" for m in norms), "norm_layer ignored"
     x, y = torch.randn(4, 1, 16, 16), torch.randint(0, 5, (4,))
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     before = model.fc.weight.detach().clone()

@@ -22,7 +22,6 @@ from normrepro.norms import (
     is_norm_layer,
     norm_factory,
 )
-from normrepro.norms import functional as NF
 from normrepro.utils.bench import saved_bytes
 
 LP = ["l1", "linf", "topk"]
@@ -31,7 +30,7 @@ BACKENDS = ["native", "torch"]  # the compiled CPU kernels and the torch-ops pat
 
 def reference(name: str, x: torch.Tensor, w, b, eps: float = 1e-5, k: int = 10) -> torch.Tensor:
     """The formulas of docs/paper.md §1.3 written plainly (autograd differentiates them)."""
-    dims = (0,) if x.dim() == 2 else (0, 2, 3)
+    dims = (0, *range(2, x.dim()))
     shape = (1, -1) + (1,) * (x.dim() - 2)
     n = x.numel() // x.shape[1]
     mu = x.mean(dims, keepdim=True)
@@ -60,7 +59,7 @@ def make_input(shape, dtype, channels_last=False, seed=0, scale=2.0, shift=0.5):
     g = torch.Generator().manual_seed(seed)
     x = (torch.randn(shape, generator=g, dtype=torch.float64) * scale + shift).to(dtype)
     if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last_3d if x.dim() == 5 else torch.channels_last)
     return x
 
 
@@ -81,7 +80,8 @@ def compare_with_reference(name, shape, dtype, channels_last, opts=None, k=10):
     dy = make_input(shape, dtype, channels_last, seed=2, scale=1.0, shift=0.0)
     y = m(x)
     y.backward(dy)
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    fmt = torch.contiguous_format if not channels_last else \
+        torch.channels_last_3d if len(shape) == 5 else torch.channels_last
     assert y.dtype == dtype and y.is_contiguous(memory_format=fmt), "layout or dtype not kept"
 
     x64 = x.detach().double().requires_grad_(True)
@@ -116,6 +116,9 @@ def test_against_reference_2d_and_shapes(name, be):
         compare_with_reference(name, (37, 6), torch.float64, False)
         compare_with_reference(name, (4, 3, 16, 20), torch.float32, False)  # runs of 320 >= 256 values
         compare_with_reference(name, (3, 4, 1, 1), torch.float64, True)  # n = 3 < k: k capped at n
+        compare_with_reference(name, (5, 3, 7), torch.float64, False)  # (N, C, L), as BatchNorm1d takes
+        compare_with_reference(name, (3, 4, 2, 3, 4), torch.float64, False)  # (N, C, D, H, W): BatchNorm3d's
+        compare_with_reference(name, (3, 4, 2, 3, 4), torch.float32, True)  # channels_last_3d
 
 
 @pytest.mark.parametrize("be", BACKENDS)
@@ -298,26 +301,30 @@ def test_saved_bytes_for_backward(channels_last):
             assert saved_bytes(build_norm("mean", 32), x) < 0.1 * bn
 
 
+def activation_allocations(module, x, g) -> int:
+    """How many tensors of at least x's size one training forward+backward allocates (torch.profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.autograd.grad(module(x), [x], g)
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        torch.autograd.grad(module(x), [x], g)
+    return sum(e.self_cpu_memory_usage >= x.numel() * x.element_size() for e in prof.events())
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_no_more_fresh_activation_buffers_than_batchnorm(channels_last):
+    """As users run (glibc's default allocator, no mallopt): each fresh activation-sized buffer costs page faults,
+    so on the default CPU backend the layers allocate no more of them per call than nn.BatchNorm2d (y and dx)."""
+    x = make_input((16, 32, 8, 8), torch.float32, channels_last).requires_grad_(True)
+    g = make_input((16, 32, 8, 8), torch.float32, channels_last, seed=4)
+    bn = activation_allocations(torch.nn.BatchNorm2d(32), x, g)
+    assert bn >= 2
+    for name, opts in [("l1", {}), ("linf", {}), ("topk", {}), ("topk_ghost", {}), ("mean", {}),
+                       ("l2", {"impl": "lp"})]:
+        assert activation_allocations(build_norm(name, 32, **opts), x, g) <= bn, name
+
+
 # ---------------------------------------------------------------------------------------------- paths
-def test_fused_and_modular_paths_agree():
-    class PlainL1(NF.L1Stats):  # overriding batch_stats disables the fused kernels (as a sync BN would)
-        def batch_stats(self, x3):
-            return super().batch_stats(x3)
-
-    assert NF.fused_kind(NF.L1Stats(eps=1e-5)) == 0 and NF.fused_kind(PlainL1(eps=1e-5)) is None
-    for cl in (False, True):
-        x = make_input((6, 5, 4, 4), torch.float64, cl).requires_grad_(True)
-        w = torch.rand(5, dtype=torch.float64, requires_grad=True)
-        b = torch.randn(5, dtype=torch.float64, requires_grad=True)
-        outs = []
-        for stats in (NF.L1Stats(eps=1e-5), PlainL1(eps=1e-5)):
-            y, mu, f, _ = NF.lp_batch_norm(x, w, b, stats)
-            gx, gw, gb = torch.autograd.grad(y, (x, w, b), torch.ones_like(y).cumsum(1))
-            outs.append((y, mu, f, gx, gw, gb))
-        for u, v in zip(*outs):
-            torch.testing.assert_close(u, v)
-
-
 def test_nan_input_gives_nan_not_a_crash():
     x = make_input((4, 3, 5, 5), torch.float32)
     x[1, 1, 2, 2] = float("nan")
@@ -412,7 +419,12 @@ def test_last_max_dev():
                 m(x)
                 assert m.last_max_dev.dim() == 0 and not m.last_max_dev.requires_grad
                 torch.testing.assert_close(m.last_max_dev, true, msg=name)
-    assert build_norm("l1", 3).double()(x) is not None
+    m = build_norm("linf", 3).double()
+    m(x)
+    seen = m.last_max_dev
+    m.eval()
+    m(2 * x)  # eval: running statistics, the last training batch's value stays
+    assert m.last_max_dev is seen
     m = build_norm("l1", 3).double()
     m(x)
     assert m.last_max_dev is None
@@ -457,8 +469,10 @@ def test_bad_input_messages():
     assert "num_features" in msg(lambda: build_norm("l1", 0))
     for name in ("l2", "l1", "linf", "topk", "mean"):
         m = build_norm(name, 4)
-        text = msg(lambda m=m: m(torch.randn(2, 4, 3)))
-        assert "3-D" in text and "(2, 4, 3)" in text
+        text = msg(lambda m=m: m(torch.randn(8)))
+        assert "1-D" in text and "(8,)" in text
+        text = msg(lambda m=m: m(torch.randn(2, 4, 1, 1, 1, 3)))
+        assert "6-D" in text and "5-D" in text
         text = msg(lambda m=m: m(torch.randn(2, 5, 3, 3)))
         assert "5 channels" in text and "num_features=4" in text
         text = msg(lambda m=m: m(torch.randn(1, 4)))

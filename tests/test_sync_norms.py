@@ -1,4 +1,4 @@
-"""Synchronized norms (norm.sync=true): 2 gloo ranks on the CPU, each with half the batch, under
+"""Synchronized norms (train.sync_norms=true): 2 gloo ranks on the CPU, each with half the batch, under
 DistributedDataParallel, must follow one process trained on the whole batch without sync."""
 import os
 
@@ -21,6 +21,8 @@ CASES = [
     ("topk", "topk", {}),          # k=10 > the 8 values per rank of the (N, C) layer
     ("mean", "mean", {"track_max_dev": True}),
     ("l2_mom_none", "l2", {"momentum": None, "track_max_dev": True}),
+    ("ghost", "topk_ghost", {"k": 4}),
+    ("ghost_bug", "topk_ghost", {"ghost_bug": True}),
     ("topk_cl", "topk", {}),        # *_cl: channels_last input
     ("l1_cl", "l1", {}),
 ]

@@ -25,7 +25,7 @@ import torch
 SOURCE = Path(__file__).with_name("_kernels.cpp")
 FLAGS = ["-O3", "-march=native", "-fPIC", "-shared", "-std=c++17", "-fno-math-errno", "-fno-trapping-math",
          "-fassociative-math", "-fno-signed-zeros"]
-ABI_VERSION = 2
+ABI_VERSION = 4
 
 _lock = threading.Lock()
 _FUNCS: dict = {}
@@ -37,15 +37,22 @@ _f = ctypes.c_void_p
 _i64 = ctypes.c_int64
 _int = ctypes.c_int
 _SIGNATURES = {
-    "nr_mean": [_f, _i64, _i64, _i64, _f, _int],
-    "nr_l1": [_f, _i64, _i64, _i64, _f, _f, _f, _f, _int],
+    # x, A, C, B, out, nt
+    "nr_sums": [_f, _i64, _i64, _i64, _f, _int],
+    # x, A, C, B, mu, sum|d|, sum sign(d), sum d*d, max|d| (null: not wanted), nt
+    "nr_dev_stats": [_f, _i64, _i64, _i64, _f, _f, _f, _f, _f, _int],
+    # x, A, C, B, mu, k, dev, idx, nt
     "nr_topk": [_f, _i64, _i64, _i64, _f, _int, _f, _f, _int],
+    # x (may be null), dy, A, C, B, mu, sum dy, sum dy*d, nt
     "nr_grad_sums": [_f, _f, _i64, _i64, _i64, _f, _f, _f, _int],
+    # x, A, C, B, mu, scale, shift (may be null), y, nt
     "nr_affine": [_f, _i64, _i64, _i64, _f, _f, _f, _f, _int],
-    "nr_l1_dx": [_f, _f, _i64, _i64, _i64, _f, _f, _f, _f, _f, _int],
+    # x, dy, A, C, B, mu, a, kd, ks (may be null), c0, dx, nt
+    "nr_input_grad": [_f, _f, _i64, _i64, _i64, _f, _f, _f, _f, _f, _f, _int],
+    # dx, A, C, B, k, idx, w
     "nr_scatter_add": [_f, _i64, _i64, _i64, _int, _f, _f],
-    # kind, x, A, C, B, gamma, beta, eps, cscale, k, y, mu, f, s, aux1, aux2, max_abs, nt
-    "nr_fwd": [_int, _f, _i64, _i64, _i64, _f, _f, "T", "T", _int, _f, _f, _f, _f, _f, _f, _f, _int],
+    # kind, x, A, C, B, gamma, beta, f0, eps, cscale, k, y, mu, f, s, aux1, aux2, max_abs, stat, nt
+    "nr_fwd": [_int, _f, _i64, _i64, _i64, _f, _f, _f, "T", "T", _int, _f, _f, _f, _f, _f, _f, _f, _f, _int],
     # kind, x, dy, A, C, B, mu, s, gamma, cscale, k, aux1, aux2, dx, sum_dy, sum_dyd, nt
     "nr_bwd": [_int, _f, _f, _i64, _i64, _i64, _f, _f, _f, "T", _int, _f, _f, _f, _f, _f, _int],
 }
@@ -156,6 +163,7 @@ def lib():
 
 
 def error() -> str | None:
+    """Why the library could not be built (None when it was, or was not tried yet)."""
     return _error
 
 
