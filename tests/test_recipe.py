@@ -93,6 +93,8 @@ def tiny_overrides(experiment: str, root) -> list[str]:
         over += [f"dataset.root={root / 'imagenet'}", "dataset.image_size=16", "dataset.num_workers=0"]
     elif dataset.startswith("cifar"):
         over += [f"dataset.root={root}"]
+    elif dataset == "mnist5k":
+        over += ["dataset.image_size=16"]
     if model.startswith("vgg"):
         over += ["model.width_mult=0.0625"]
     elif model == "wrn28_10":
