@@ -60,6 +60,7 @@ class Train(Section):
     eval_batch_size: PosInt
     label_smoothing: Fraction
     grad_clip: NonNegFloat
+    classifier_penalty: NonNegFloat
     channels_last: Bool
     compile: Bool
     sync_norms: Bool
@@ -97,6 +98,8 @@ class SGD(Section):
     reference_epoch: Literal["end", "start"]
     reference_interpolation: Literal["none", "linear"]
     correction: Literal["after_momentum", "before_momentum"]
+    wd_zero_epoch: NonNegFloat | None = Field(
+        description="null or a number >= 0 (an epoch; a value < 1 is a fraction of train.epochs)")
 
 
 # ------------------------------------------------------------------------------------------------------ norm
@@ -156,13 +159,14 @@ class ModelBase(Section):
     ``normrepro.models.weight_norm``); the rest are ``build_model`` kwargs (``normrepro.models.model_kwargs``)."""
 
     name: str
+    init: Literal["he", "torch_default"]
     weight_norm: Literal["none", "bwn", "wn", "bwn_gain"]
     bwn_init: Literal["torch_default", "he"] | None = None  # set by weight_norm=bwn|bwn_gain|wn only
     bwn_renorm: Bool | None = None  # set by weight_norm=bwn only
 
 
 class HeResNet(ModelBase):
-    """resnet20/32/44/56/110."""
+    """resnet14/20/32/44/56/110."""
 
     width: PosInt = 16
 
@@ -259,6 +263,7 @@ class ImageNet(DatasetBase):
     root: Text
     num_workers: NonNegInt
     min_scale: OpenUnit
+    color_jitter: NonNegFloat
 
 
 # ------------------------------------------------------------------------------------------ precision, logger
@@ -304,7 +309,7 @@ class Wandb(Section):
 CHOICES: dict[str, dict[str, type[Section]]] = {
     "norm": {"l2": L2Norm, "l1": L1Norm, "linf": LinfNorm, "topk": TopkNorm, "topk_ghost": GhostTopkNorm,
              "mean": MeanNorm, "none": NoNorm},
-    "model": {**{f"resnet{d}": HeResNet for d in (20, 32, 44, 56, 110)},
+    "model": {**{f"resnet{d}": HeResNet for d in (14, 20, 32, 44, 56, 110)},
               **{f"resnet{d}_cifar": CifarResNet for d in (18, 34, 50)}, "wrn": WRN,
               **{f"vgg{d}": VGG for d in (11, 13, 16, 19)}, "resnet18": TorchvisionResNet,
               "resnet50": TorchvisionResNet},

@@ -32,6 +32,7 @@ from normrepro.models.weight_norm import WEIGHT_NORM_KEYS, apply_weight_norm, we
 from normrepro.norms import convert_sync_norms, norm_factory
 from normrepro.norms.max_dev import MaxDevTracker
 from normrepro.optim import build_optimizer, build_scheduler
+from normrepro.optim.regularization import apply_wd_zero_epoch, with_classifier_penalty
 from normrepro.optim.wd_lr import ReferenceTargets
 from normrepro.precision import Precision, build_precision, resolve_stats_dtype, scaler_stats
 from normrepro.run_state import restore, state_of
@@ -188,6 +189,7 @@ def train_one_epoch(run: Run, epoch: int) -> dict:
     run.model.train()
     if run.reference is not None:  # lr_correction / norm_schedule: this epoch's reference norms
         run.reference.apply(opt, epoch)
+    apply_wd_zero_epoch(opt, run.cfg.optim.get("wd_zero_epoch"), epoch, int(tc.epochs))  # recipe=authors, CIFAR
     lr, t0 = opt.param_groups[0]["lr"], time.perf_counter()
     sums, skipped_before = EpochSums(run.device), scaler_stats(scaler)["skipped_steps"]
     params = [p for g in opt.param_groups for p in g["params"]]
@@ -198,7 +200,7 @@ def train_one_epoch(run: Run, epoch: int) -> dict:
             logits = model(x)
             loss = F.cross_entropy(logits.float(), y, label_smoothing=float(tc.label_smoothing))
         opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
+        scaler.scale(with_classifier_penalty(loss, run.model, tc.get("classifier_penalty", 0.0))).backward()
         if tc.grad_clip and tc.grad_clip > 0:
             scaler.unscale_(opt)
             torch.nn.utils.clip_grad_norm_(params, float(tc.grad_clip))

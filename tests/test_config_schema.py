@@ -67,6 +67,14 @@ BAD_VALUES = [
     ("train.epoch=3", "unknown config key 'train.epoch'"),
     ("train.epochs=[", "cannot parse override 'train.epochs=['"),
     ("norm=l1,l2", "Ambiguous value for argument 'norm=l1,l2'"),
+    # issue 11: the recipe and its keys
+    ("recipe=bogus", "unknown recipe option 'bogus'; choose recipe= one of: authors, default"),
+    ("model.init=bogus", "model.init must be one of: he, torch_default, got 'bogus'"),
+    ("optim.wd_zero_epoch=-1", "optim.wd_zero_epoch must be null or a number >= 0 (an epoch; a value < 1 is a "
+                               "fraction of train.epochs), got -1"),
+    ("train.classifier_penalty=-1", "train.classifier_penalty must be a finite number >= 0, got -1"),
+    ("dataset=cifar10 +dataset.color_jitter=0.4", "unknown config key 'dataset.color_jitter'; dataset has:"),
+    ("dataset=imagenet dataset.color_jitter=-1", "dataset.color_jitter must be a finite number >= 0, got -1"),
 ]
 
 
@@ -141,6 +149,7 @@ def test_schema_matches_the_torch_side_registries():
     from normrepro.config_schema import CHOICES, Config, ModelBase
     from normrepro.data import DATASET_NAMES
     from normrepro.loggers import LOGGERS
+    from normrepro.models import INITS as MODEL_INITS
     from normrepro.models import MODEL_NAMES, model_kwargs
     from normrepro.models.weight_norm import INITS, KINDS, WEIGHT_NORM_KEYS
     from normrepro.norms import NORM_OPTIONS
@@ -155,7 +164,7 @@ def test_schema_matches_the_torch_side_registries():
         assert set(schema.model_fields) - {"name"} == set(NORM_OPTIONS[name]), name
     assert set(CHOICES["model"]) == set(MODEL_NAMES)
     for name, schema in CHOICES["model"].items():
-        assert set(schema.model_fields) - {"name", *WEIGHT_NORM_KEYS} == set(model_kwargs(name)), name
+        assert set(schema.model_fields) - {"name", "init", *WEIGHT_NORM_KEYS} == set(model_kwargs(name)), name
     assert set(CHOICES["dataset"]) == set(DATASET_NAMES)
     assert set(CHOICES["precision"]) == set(PRECISIONS)
     assert set(CHOICES["logger"]) == set(LOGGERS) and set(CHOICES["optim"]) == set(OPTIMIZERS)
@@ -168,6 +177,7 @@ def test_schema_matches_the_torch_side_registries():
     assert literal(Config.model_fields["device"]) == set(DEVICES)
     assert literal(ModelBase.model_fields["weight_norm"]) == set(KINDS)
     assert set(ModelBase.model_fields["bwn_init"].annotation.__args__[0].__args__) == set(INITS)
+    assert literal(ModelBase.model_fields["init"]) == set(MODEL_INITS)
 
 
 def test_schema_imports_no_torch():

@@ -45,13 +45,28 @@ def random_resized_crop_params(width, height, rng: random.Random, scale=(0.08, 1
     return (height - h) // 2, (width - w) // 2, h, w
 
 
+def color_jitter(img, strength: float, rng: random.Random):
+    """torchvision's ColorJitter(brightness=s, contrast=s, saturation=s) on a PIL image with its draws from ``rng``:
+    three factors ~ U(max(0, 1 - s), 1 + s), the adjustments (torchvision's functional ones) in a random order."""
+    from torchvision.transforms import functional as TF
+
+    low, high = max(0.0, 1.0 - strength), 1.0 + strength
+    factors = [rng.uniform(low, high) for _ in range(3)]
+    adjust = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation)
+    for i in rng.sample(range(3), 3):
+        img = adjust[i](img, factors[i])
+    return img
+
+
 class FolderImages(Dataset):
     """(path, label) samples -> (uint8 [3, size, size], label). Train: ``dataset[(index, epoch)]`` gives a
-    RandomResizedCrop + flip seeded by (seed, epoch, index); eval: ``dataset[index]`` gives resize + center crop."""
+    RandomResizedCrop + flip (+ ColorJitter when ``color_jitter`` > 0) seeded by (seed, epoch, index); eval:
+    ``dataset[index]`` gives resize + center crop."""
 
-    def __init__(self, samples, size, train, seed=0, flip=True, min_scale=0.08):
+    def __init__(self, samples, size, train, seed=0, flip=True, min_scale=0.08, color_jitter=0.0):
         self.samples, self.size, self.train = samples, int(size), bool(train)
         self.seed, self.flip, self.min_scale = int(seed), bool(flip), float(min_scale)
+        self.color_jitter = float(color_jitter)
 
     def __len__(self):
         return len(self.samples)
@@ -74,6 +89,8 @@ class FolderImages(Dataset):
             img = TF.resized_crop(img, top, left, h, w, [self.size, self.size], antialias=True)
             if self.flip and rng.random() < 0.5:
                 img = TF.hflip(img)
+            if self.color_jitter > 0:  # drawn after crop and flip: those stay what they are without jitter
+                img = color_jitter(img, self.color_jitter, rng)
         else:
             img = TF.center_crop(TF.resize(img, int(self.size * 256 / 224), antialias=True), self.size)
         return TF.pil_to_tensor(img), label
@@ -154,10 +171,10 @@ def imagenet_loaders(cfg, batch_size, eval_batch_size, device, seed, rank=0, wor
                           f"train/ (ImageFolder layout; sort a flat val/ into class folders first)")
     size, workers = int(required(cfg, "image_size")), int(required(cfg, "num_workers"))
     flip, min_scale = bool(required(cfg, "flip")), float(required(cfg, "min_scale"))
-    drop_last = bool(required(cfg, "drop_last"))
+    drop_last, jitter = bool(required(cfg, "drop_last")), float(required(cfg, "color_jitter"))
 
     def loader(samples, bs, train):
-        ds = FolderImages(samples, size, train, seed, flip, min_scale)
+        ds = FolderImages(samples, size, train, seed, flip, min_scale, jitter)
         sampler = ShardSampler(len(ds), train, seed, rank, world_size)
         dl = DataLoader(ds, batch_size=bs, sampler=sampler, num_workers=workers, drop_last=train and drop_last,
                         pin_memory=device.type == "cuda", persistent_workers=workers > 0)

@@ -1,7 +1,7 @@
-"""Models by name: ``build_model(name, num_classes, norm_layer, in_channels=3, **kwargs)``.
+"""Models by name: ``build_model(name, num_classes, norm_layer, in_channels=3, init="he", **kwargs)``.
 
 Every model takes a ``norm_layer(num_features)`` factory (no BatchNorm hard-coded) and names its
-final classifier ``model.fc``.
+final classifier ``model.fc``. ``init`` (``model.init``) is one of ``normrepro.models.init.INITS``.
 """
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import torchvision
 from torch import nn
 
 from normrepro.errors import ConfigError, choice_error
+from normrepro.models.init import INITS, init_weights, initialize, is_norm_layer
 from normrepro.models.resnet_cifar import he_resnet, resnet_cifar
 from normrepro.models.vgg import VGG
 from normrepro.models.wide_resnet import WideResNet
@@ -28,7 +29,7 @@ def _torchvision_resnet(arch, num_classes, norm_layer, in_channels=3):
 
 
 MODELS = {
-    **{f"resnet{d}": functools.partial(he_resnet, d) for d in (20, 32, 44, 56, 110)},
+    **{f"resnet{d}": functools.partial(he_resnet, d) for d in (14, 20, 32, 44, 56, 110)},
     **{f"resnet{d}_cifar": functools.partial(resnet_cifar, d) for d in (18, 34, 50)},
     "wrn": WideResNet,
     **{f"vgg{d}": functools.partial(VGG, d) for d in (11, 13, 16, 19)},
@@ -36,6 +37,8 @@ MODELS = {
     "resnet50": functools.partial(_torchvision_resnet, "resnet50"),
 }
 MODEL_NAMES = tuple(MODELS)
+__all__ = ["INITS", "MODELS", "MODEL_NAMES", "build_model", "init_weights", "is_norm_layer", "model_kwargs",
+           "scale_invariant_layers"]
 
 
 def model_kwargs(name: str) -> tuple[str, ...]:
@@ -44,22 +47,10 @@ def model_kwargs(name: str) -> tuple[str, ...]:
     return tuple(p for p in inspect.signature(MODELS[name]).parameters if p not in fixed)
 
 
-def init_weights(model: nn.Module) -> None:
-    """Kaiming-normal (fan_out, relu) convs as torchvision; norm gains 1 and biases 0."""
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif is_norm_layer(m):
-            if getattr(m, "weight", None) is not None:
-                nn.init.ones_(m.weight)
-            if getattr(m, "bias", None) is not None:
-                nn.init.zeros_(m.bias)
-
-
-def build_model(name: str, num_classes: int, norm_layer, in_channels: int = 3, **kwargs) -> nn.Module:
-    """Model ``name`` (one of MODEL_NAMES) with ``norm_layer(num_features)`` norms, initialized by ``init_weights``."""
+def build_model(name: str, num_classes: int, norm_layer, in_channels: int = 3, init: str = "he",
+                **kwargs) -> nn.Module:
+    """Model ``name`` (one of MODEL_NAMES) with ``norm_layer(num_features)`` norms, initialized by ``init``
+    (``he``: ``init_weights``; ``torch_default``: torch 0.3's defaults; see ``normrepro/models/init.py``)."""
     if name not in MODELS:
         raise choice_error("model", name, MODEL_NAMES)
     accepted = model_kwargs(name)
@@ -67,15 +58,8 @@ def build_model(name: str, num_classes: int, norm_layer, in_channels: int = 3, *
         if key not in accepted:
             raise ConfigError(f"model {name!r} has no option {key!r}; its options: {', '.join(accepted) or 'none'}")
     model = MODELS[name](num_classes=num_classes, norm_layer=norm_layer, in_channels=in_channels, **kwargs)
-    init_weights(model)
+    initialize(model, init)
     return model
-
-
-def is_norm_layer(module: nn.Module) -> bool:
-    """True for normalization layers (``normrepro.norms.is_norm_layer``)."""
-    from normrepro.norms import is_norm_layer as _is_norm
-
-    return _is_norm(module)
 
 
 @torch.no_grad()

@@ -1,7 +1,10 @@
 """CIFAR ResNets.
 
 - He et al. 2016 (resnet20/32/44/56/110): 3 stages of basic blocks, widths w, 2w, 4w (w=16);
-  the projection shortcut (1x1 conv + norm, "option B") where the shape changes.
+  the projection shortcut (1x1 conv + norm, "option B") where the shape changes. resnet14 (2 blocks per stage,
+  175,258 parameters for 10 classes) is the authors' CIFAR "ResNet-18": their ``ResNet_cifar10(depth=18)``
+  (norm_matters ``models/resnet.py``) builds n = (18 - 2) // 6 = 2 blocks per stage with the same 1x1 conv + norm
+  shortcut where the stride or width changes.
 - The CIFAR variant of ResNet-18/34/50: torchvision's block plan with a 3x3 stride-1 stem and no max-pool.
 Every norm is ``norm_layer(channels)``.
 """

@@ -34,8 +34,9 @@ direction, comes from:
   at construction and their He initialization then writes into ``module.weight``, which at that point is a derived
   tensor recomputed from (g, v) by the next forward's pre-hook: the He draw is discarded and both the budget and
   the direction are PyTorch's default. Only the weight is redrawn; the conv bias keeps the model's initialization.
-- ``he`` (default for ``wn``; this project's earlier behaviour): the model's own initialization (kaiming-normal,
-  fan_out: ||w_c||^2 ~ 2 C_in / C_out).
+- ``he`` (default for ``wn``; this project's earlier behaviour): the model's own initialization, as
+  ``model.init`` made it (``he``, the default: kaiming-normal, fan_out: ||w_c||^2 ~ 2 C_in / C_out; with
+  ``model.init=torch_default`` PyTorch's default, the same distribution as ``bwn_init=torch_default``).
 
 Only conv layers are parametrized (``nn.modules.conv._ConvNd``: every ``nn.Conv2d``); the classifier
 ``model.fc`` (a Linear) stays plain. The parametrizations use

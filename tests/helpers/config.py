@@ -23,11 +23,13 @@ def compose_cfg(overrides=()):
 
 def group_options(group: str | None = None) -> list[str]:
     """``group=option`` for every option file below normrepro/conf/ (nested groups too, e.g. hydra/launcher=slurm;
-    files starting with ``_`` are shared bases, not options), or only those of ``group``."""
+    files starting with ``_`` are shared bases and folders starting with ``_`` hold the parts of an option, e.g.
+    recipe/_regime/: neither are options), or only those of ``group``."""
     found = []
     for f in sorted(CONF.glob("*/**/*.yaml")):
         name = f.parent.relative_to(CONF).as_posix()
-        if not f.stem.startswith("_") and group in (None, name):
+        hidden = f.stem.startswith("_") or any(part.startswith("_") for part in name.split("/"))
+        if not hidden and group in (None, name):
             found.append(f"{name}={f.stem}")
     return found
 
@@ -36,3 +38,10 @@ def dataset_cfg(name: str, **overrides):
     """normrepro/conf/dataset/<name>.yaml (every key the loaders read) with ``overrides`` merged in."""
     cfg = OmegaConf.load(CONF / "dataset" / f"{name}.yaml")
     return OmegaConf.merge(cfg, overrides)
+
+
+def group_choices(overrides=()) -> dict:
+    """The option each config group got for ``overrides`` (Hydra's runtime choices: {"regime": "cifar_164", ...})."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
+    return OmegaConf.to_container(cfg.hydra.runtime.choices)
