@@ -121,3 +121,28 @@ def test_reproduce_smoke_end_to_end(tmp_path):
     assert again.returncode == 0, again.stderr[-2000:]
     assert (results / "smoke_lp_digits.md").read_bytes() == first   # regenerated from the records: identical
     assert sorted(p.name for p in (REPO / "results").iterdir()) == before   # the repo's results/ untouched
+
+
+CLAIMS = ("lp_bn", "l1_constant", "wd_lr", "bwn", "fp16")
+
+
+def test_registered_evidence_is_preregistered_with_five_seeds_on_both_datasets():
+    """Every default experiment plans >= 5 seeds (0-4) per arm; each claim exists on digits and on mnist5k."""
+    from collections import defaultdict
+
+    default = [e for e in load_registry().values() if e.default]
+    for exp in default:
+        seeds = defaultdict(set)
+        for r in plan(exp):
+            arm, seed = r.name.rsplit("/seed", 1)
+            seeds[arm].add(int(seed))
+        assert seeds and all(s >= {0, 1, 2, 3, 4} for s in seeds.values()), (exp.name, dict(seeds))
+        assert exp.minutes, exp.name
+    names = {e.name for e in default}
+    for claim in CLAIMS:
+        for dataset in ("digits", "mnist5k"):
+            assert any(n.startswith(claim) and n.endswith(dataset) for n in names), (claim, dataset)
+    wd = {r.name.split("/")[0] for r in plan(load_registry()["wd_lr_mnist5k"])}
+    assert wd == {"wd_on", "wd_off", "lr_correction", "norm_schedule"}
+    fp16 = {r.name.split("/")[0] for r in plan(load_registry()["fp16_resnet20_mnist5k"])}
+    assert len(fp16) == 7 and "norm=l2,precision=fp32" in fp16
