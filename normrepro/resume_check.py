@@ -18,7 +18,7 @@ from normrepro.errors import ConfigError
 RUNTIME_KEYS = (
     "device", "deterministic", "hydra", "logger", "experiment",
     "train.num_threads", "train.progress", "train.resume", "train.checkpoint", "train.checkpoint_every_steps",
-    "train.compile", "train.channels_last", "train.eval_batch_size",
+    "train.compile", "train.channels_last", "train.eval_batch_size", "train.max_eval_batches", "train.profile",
     "dataset.root", "dataset.download", "dataset.num_workers",
 )
 _ABSENT = "<absent>"
