@@ -15,6 +15,7 @@ import csv
 import io
 import math
 import os
+import uuid
 from pathlib import Path
 
 from normrepro.errors import ConfigError, choice_error
@@ -121,7 +122,7 @@ class WandbLogger(NullLogger):
                               group=cfg.get("group") or sweep_group,
                               name=cfg.get("name_run") or job_name or Path(run_dir).name,
                               tags=list(cfg.get("tags") or []), config=resolved, dir=str(run_dir), mode=mode,
-                              id=wandb_run_id(run_dir, wandb.util.generate_id), resume="allow",
+                              id=wandb_run_id(run_dir), resume="allow",
                               reinit="finish_previous")
         self.run.define_metric("epoch")
         self.run.define_metric("*", step_metric="epoch")
@@ -141,14 +142,14 @@ class WandbLogger(NullLogger):
         self.run.finish(exit_code=0 if status == "completed" else 1)
 
 
-def wandb_run_id(run_dir: Path, new_id) -> str:
-    """The W&B run id of ``run_dir``: the one in ``wandb_run_id.txt``, else ``new_id()`` written there."""
+def wandb_run_id(run_dir: Path) -> str:
+    """The W&B run id of ``run_dir``: the one in ``wandb_run_id.txt``, else a new random one written there."""
     path = Path(run_dir) / WANDB_ID_NAME
     if path.is_file():
         saved = path.read_text().strip()
         if saved:
             return saved
-    run_id = str(new_id())
+    run_id = uuid.uuid4().hex[:12]
     atomic_write_text(path, run_id + "\n")
     return run_id
 
