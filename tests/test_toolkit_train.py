@@ -1,4 +1,4 @@
-"""Issue 13, trainer side: capped evaluation, the validation split, best.ckpt, the EMA of the weights (resumed exactly)."""
+"""Issue 13, trainer side: capped evaluation, the validation split, best.ckpt, the EMA of the weights, resumed."""
 import json
 
 import pytest
