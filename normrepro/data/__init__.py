@@ -81,7 +81,8 @@ def build_data(cfg, batch_size, eval_batch_size, device, seed, rank=0, world_siz
                train_limit=None) -> DataBundle:
     """The dataset of config group ``dataset`` (all its keys set, as the YAML files do) as a :class:`DataBundle`
     on ``device``; ``val_fraction`` of the training set held out as ``val`` (``normrepro/data/split.py``), and the
-    training set cut to its first ``train_limit`` images (``train.overfit_batches``) when given."""
+    training set cut to its first ``train_limit`` images, without augmentation (``train.overfit_batches``; ImageNet
+    keeps its crops), when given."""
     name = cfg.get("name")
     if name not in DATASET_NAMES:
         raise choice_error("dataset", name, DATASET_NAMES)
@@ -106,8 +107,9 @@ def build_data(cfg, batch_size, eval_batch_size, device, seed, rank=0, world_siz
         xtr, ytr = xtr[:train_limit], ytr[:train_limit]
     xtr, ytr, xte, yte = (t.to(device) for t in (xtr, ytr, xte, yte))
     common = dict(mean=mean, std=std, seed=seed, rank=rank, world_size=world_size)
-    train = InMemoryLoader(xtr, ytr, batch_size, shuffle=True, pad=int(_req(cfg, "pad")), flip=bool(_req(cfg, "flip")),
-                           drop_last=bool(_req(cfg, "drop_last")), **common)
+    augment = not train_limit  # overfit_batches: the very same images every epoch
+    train = InMemoryLoader(xtr, ytr, batch_size, shuffle=True, pad=int(_req(cfg, "pad")) if augment else 0,
+                           flip=bool(_req(cfg, "flip")) and augment, drop_last=bool(_req(cfg, "drop_last")), **common)
     test = InMemoryLoader(xte, yte, eval_batch_size, shuffle=False, **common)
     val = None if xval is None else InMemoryLoader(xval.to(device), yval.to(device), eval_batch_size, shuffle=False,
                                                    **common)
