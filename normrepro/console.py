@@ -45,6 +45,12 @@ def eval_bar(loader, total: int, enabled: bool, desc: str = "eval"):
     return tqdm(loader, total=total, desc=desc, leave=False, disable=not enabled, dynamic_ncols=True)
 
 
+def extra_accuracies(row: dict) -> str:
+    """`` | val acc 91.20% | ema test acc 92.05%``: the row's validation and EMA accuracies, if any."""
+    keys = {"val_acc": "val", "ema_test_acc": "ema test", "ema_val_acc": "ema val"}
+    return "".join(f" | {label} acc {row[k]:.2f}%" for k, label in keys.items() if k in row)
+
+
 def rounded(value, digits: int = 2):
     """``value`` rounded to ``digits`` decimals (None and non-numbers as they are)."""
     return round(value, digits) if isinstance(value, float) else value

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from normrepro.best import BEST_NAME, is_new_best, selection_metric
 from normrepro.channel_norms import WEIGHT_NORMS_NAME, WeightNormRecorder
 from normrepro.checkpoint import CKPT_NAME, load_checkpoint, save_checkpoint
-from normrepro.console import eval_bar, log_start, set_train_postfix
+from normrepro.console import eval_bar, extra_accuracies, log_start, set_train_postfix
 from normrepro.data import DataBundle, build_data
 from normrepro.distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed
 from normrepro.ema import build_ema
@@ -318,9 +318,9 @@ def _train(run: Run, on_epoch) -> dict:
         run.logger.log_epoch(row)
         if on_epoch is not None:
             on_epoch(row)
-        log.info("epoch %d/%d lr %.4g train loss %.4f acc %.2f%% | test loss %.4f acc %.2f%% | %.1fs%s",
+        log.info("epoch %d/%d lr %.4g train loss %.4f acc %.2f%% | test loss %.4f acc %.2f%%%s | %.1fs%s",
                  epoch + 1, epochs, row["lr"], row["train_loss"], row["train_acc"], row["test_loss"],
-                 row["test_acc"], row["seconds"],
+                 row["test_acc"], extra_accuracies(row), row["seconds"],
                  f" | {row['skipped_steps']} steps skipped" if row["skipped_steps"] else "")
         why = why_diverged(row, run.steps_per_epoch, run.model)
         if why:

@@ -129,3 +129,12 @@ def test_ema_columns_and_exact_resume(tmp_path, monkeypatch):
     assert int(a["n_averaged"]) == 6
     raw = load_checkpoint(tmp_path / "full" / "last.ckpt")["model"]
     assert any(not torch.equal(raw[k], a[f"module.{k}"]) for k in raw if raw[k].is_floating_point())
+
+
+def test_checkpoint_without_the_new_keys_still_resumes():
+    from normrepro.resume_check import config_differences
+
+    current = {"train": {"epochs": 2, "val_fraction": 0.0, "ema_decay": None, "overfit_batches": None}}
+    assert config_differences({"train": {"epochs": 2}}, current) == []
+    ema_on = {"train": {**current["train"], "ema_decay": 0.9}}
+    assert config_differences({"train": {"epochs": 2}}, ema_on) == [("train.ema_decay", None, 0.9)]
