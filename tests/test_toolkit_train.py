@@ -138,3 +138,16 @@ def test_checkpoint_without_the_new_keys_still_resumes():
     assert config_differences({"train": {"epochs": 2}}, current) == []
     ema_on = {"train": {**current["train"], "ema_decay": 0.9}}
     assert config_differences({"train": {"epochs": 2}}, ema_on) == [("train.ema_decay", None, 0.9)]
+
+
+def test_imagenet_val_split_is_a_stratified_subset_of_train(tmp_path):
+    from tests.helpers.data import write_imagenet
+
+    write_imagenet(tmp_path, n_train=5, n_val=2)
+    cfg = dataset_cfg("imagenet", root=str(tmp_path), image_size=16, num_workers=0)
+    b = build_data(cfg, 2, 4, CPU, 0, val_fraction=0.2)
+    assert (b.num_train, b.num_val, b.num_test) == (8, 2, 4)
+    held = {p for p, _ in b.val.loader.dataset.samples}
+    assert held.isdisjoint(p for p, _ in b.train.loader.dataset.samples) and not b.val.loader.dataset.train
+    assert sorted(label for _, label in b.val.loader.dataset.samples) == [0, 1]  # one image of each class
+    assert held == {p for p, _ in build_data(cfg, 2, 4, CPU, 7, val_fraction=0.2).val.loader.dataset.samples}
