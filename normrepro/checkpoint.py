@@ -106,6 +106,9 @@ def checkpoint_problem(state) -> str | None:
         return "optimizer has no state/param_groups"
     if not _is_int(state["scheduler"].get("last_epoch")):
         return "scheduler has no integer last_epoch"
+    ema = state.get("ema")
+    if ema is not None and not (isinstance(ema, dict) and all(isinstance(v, torch.Tensor) for v in ema.values())):
+        return "ema is not a dict of tensors"
     if state.get("weight_norms") is not None:
         problem = reference_problem(state["weight_norms"])
         if problem:

@@ -16,6 +16,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from normrepro.config_check import check_config
+from normrepro.console import rounded
 from normrepro.errors import EXIT_BAD_INPUT, EXIT_DIVERGED, ConfigError, one_line
 from normrepro.preflight import check_run_dir, exit_with_error, is_rank0, require_shared_run_dir
 from normrepro.run_lock import acquire_run_lock, release_run_lock
@@ -42,7 +43,8 @@ def _multirun() -> bool:
 
 
 def main(cfg: DictConfig) -> float | None:
-    """Train one run; returns its final test accuracy (for Hydra sweepers). Bad input: ``error: ...``, exit 2."""
+    """Train one run; returns its final validation accuracy when ``train.val_fraction`` > 0, else its final test
+    accuracy (what Hydra sweepers, e.g. optuna, maximize). Bad input: ``error: ...``, exit 2."""
     try:
         run_dir = run_dir_of(cfg)
     except ConfigError as e:
@@ -58,9 +60,11 @@ def main(cfg: DictConfig) -> float | None:
         return None
     final, status = result["final"], result["status"]
     why = f" ({result['env']['diverged']})" if status == "diverged" and "diverged" in result.get("env", {}) else ""
-    print(f"{status}{why}: test_acc {final['test_acc']} best {final['best_test_acc']} "
+    val = f"val_acc {rounded(final['val_acc'])} " if "val_acc" in final else ""
+    ema = f"ema_test_acc {rounded(final['ema_test_acc'])} " if "ema_test_acc" in final else ""
+    print(f"{status}{why}: test_acc {rounded(final['test_acc'])} {val}{ema}best {rounded(final['best_test_acc'])} "
           f"after {final['epochs_done']} epochs -> {run_dir / 'metrics.json'}")
-    return final["test_acc"]
+    return final["val_acc"] if float(cfg.train.get("val_fraction") or 0) > 0 else final["test_acc"]
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict:

@@ -69,6 +69,11 @@ class Train(Section):
     checkpoint: Bool
     progress: Bool
     num_threads: PosInt | None
+    max_eval_batches: PosInt | None = None
+    val_fraction: Fraction = 0.0
+    ema_decay: _typed(float, "null or a number in [0, 1) (0 = off)", ge=0, lt=1) | None = None
+    overfit_batches: PosInt | None = None
+    profile: Bool = False
 
 
 # ----------------------------------------------------------------------------------------------------- optim
@@ -306,6 +311,19 @@ class Wandb(Section):
     mode: Literal["online", "offline", "disabled"] | None = None
 
 
+class CsvLogger(Section):
+    """``logger=csv``: ``<run dir>/metrics.csv``, one row per epoch."""
+
+    name: Literal["csv"] = "csv"
+
+
+class TensorBoard(Section):
+    """``logger=tensorboard``: event files under ``<run dir>/<log_dir>`` (torch.utils.tensorboard)."""
+
+    name: Literal["tensorboard"] = "tensorboard"
+    log_dir: Text = "tensorboard"
+
+
 CHOICES: dict[str, dict[str, type[Section]]] = {
     "norm": {"l2": L2Norm, "l1": L1Norm, "linf": LinfNorm, "topk": TopkNorm, "topk_ghost": GhostTopkNorm,
              "mean": MeanNorm, "none": NoNorm},
@@ -316,7 +334,7 @@ CHOICES: dict[str, dict[str, type[Section]]] = {
     "dataset": {"digits": Digits, "mnist5k": Digits, "synthetic": Synthetic, "cifar10": Cifar10, "cifar100": Cifar100,
                 "imagenet": ImageNet},
     "precision": {"fp32": PrecisionBase, "amp": Amp, "bf16": PrecisionBase, "fp16": PureHalf, "bf16_pure": PureHalf},
-    "logger": {"none": NoLogger, "wandb": Wandb},
+    "logger": {"none": NoLogger, "wandb": Wandb, "csv": CsvLogger, "tensorboard": TensorBoard},
     "optim": {"sgd": SGD},
 }
 

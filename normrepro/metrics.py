@@ -7,34 +7,39 @@ from pathlib import Path
 
 import torch
 
+from normrepro.best import best_of
 from normrepro.distributed import all_reduce_sum
 from normrepro.precision import divergence_of_scaler
 from normrepro.utils.io import atomic_write_json
 
 
-def summarize(history: list[dict]) -> dict:
-    """final test_acc, best_test_acc, epochs_done, wall_seconds and training images/s of a history."""
+def summarize(history: list[dict], select: str = "test_acc") -> dict:
+    """final test_acc (val_acc, ema_test_acc when logged), best_test_acc, epochs_done, wall_seconds, training
+    images/s of a history, and its best epoch by ``select`` (best_metric, best_epoch, best_value)."""
     if not history:
         return {"test_acc": None, "best_test_acc": None, "epochs_done": 0, "wall_seconds": 0.0,
-                "images_per_second": None}
+                "images_per_second": None, **best_of(history, select)}
     accs = [r["test_acc"] for r in history if r.get("test_acc") is not None and math.isfinite(r["test_acc"])]
     train_s = sum(r.get("train_seconds", r["seconds"]) for r in history)
     images = sum(r.get("train_images", 0) for r in history)
-    return {"test_acc": history[-1]["test_acc"], "best_test_acc": max(accs) if accs else None,
+    extra = {k: history[-1][k] for k in ("val_acc", "ema_test_acc", "ema_val_acc") if k in history[-1]}
+    return {"test_acc": history[-1]["test_acc"], **extra, "best_test_acc": max(accs) if accs else None,
             "epochs_done": history[-1]["epoch"], "wall_seconds": sum(r["seconds"] for r in history),
-            "images_per_second": images / train_s if train_s > 0 else None}
+            "images_per_second": images / train_s if train_s > 0 else None, **best_of(history, select)}
 
 
 class MetricsWriter:
     """Holds the history; ``write(status)`` rewrites ``metrics.json`` atomically and returns its content."""
 
-    def __init__(self, path: str | Path, seed: int, overrides: list[str], env: dict, data: dict | None = None):
+    def __init__(self, path: str | Path, seed: int, overrides: list[str], env: dict, data: dict | None = None,
+                 select: str = "test_acc"):
         self.path, self.seed, self.overrides, self.env, self.data = Path(path), seed, overrides, env, data or {}
+        self.select = select  # the column best.ckpt and final.best_* are selected by
         self.history: list[dict] = []
 
     def write(self, status: str) -> dict:
         """Rewrite ``metrics.json`` with ``status`` and return what it holds."""
-        out = {"status": status, "epochs": self.history, "final": summarize(self.history), "env": self.env,
+        out = {"status": status, "epochs": self.history, "final": summarize(self.history, self.select), "env": self.env,
                "data": self.data, "seed": self.seed, "overrides": self.overrides}
         atomic_write_json(self.path, out)
         return out

@@ -18,10 +18,12 @@ from normrepro.errors import ConfigError
 RUNTIME_KEYS = (
     "device", "deterministic", "hydra", "logger", "experiment",
     "train.num_threads", "train.progress", "train.resume", "train.checkpoint", "train.checkpoint_every_steps",
-    "train.compile", "train.channels_last", "train.eval_batch_size",
+    "train.compile", "train.channels_last", "train.eval_batch_size", "train.max_eval_batches", "train.profile",
     "dataset.root", "dataset.download", "dataset.num_workers",
 )
 _ABSENT = "<absent>"
+# keys added after checkpoints were written: absent from an older checkpoint's config means this value
+ADDED_KEY_DEFAULTS = {"train.val_fraction": 0.0, "train.ema_decay": None, "train.overfit_batches": None}
 
 
 def flatten(cfg: Any, prefix: str = "") -> dict[str, Any]:
@@ -46,6 +48,7 @@ def is_runtime_key(key: str) -> bool:
 def config_differences(saved: dict, current: dict) -> list[tuple[str, Any, Any]]:
     """(key, saved value, current value) for every training key whose value differs (absent counts)."""
     a, b = flatten(saved), flatten(current)
+    a.update({k: v for k, v in ADDED_KEY_DEFAULTS.items() if k not in a})
     return [(k, a.get(k, _ABSENT), b.get(k, _ABSENT)) for k in sorted(set(a) | set(b))
             if not is_runtime_key(k) and a.get(k, _ABSENT) != b.get(k, _ABSENT)]
 

@@ -1,8 +1,9 @@
 """What a checkpoint holds of a run, and putting it back (``normrepro/checkpoint.py`` reads and writes the file).
 
 ``state_of(run)``: model, optimizer, scheduler and loss-scaler states, the epochs done, the metrics history, every
-RNG state, the resolved config and the recorded weight norms. ``restore(run, state)`` loads them into a freshly
-built run, so that the resumed run continues exactly (bit-identically) where the checkpoint was written.
+RNG state, the resolved config, the recorded weight norms and the EMA of the weights (``train.ema_decay``).
+``restore(run, state)`` loads them into a freshly built run, so that the resumed run continues exactly
+(bit-identically) where the checkpoint was written.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ def state_of(run) -> dict:
     return {"model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
             "scheduler": run.scheduler.state_dict(), "scaler": run.scaler.state_dict(), "epoch": run.epochs_done,
             "history": run.metrics.history, "rng": rng_state(), "config": run.resolved,
-            "weight_norms": run.recorder.state()}
+            "weight_norms": run.recorder.state(), **({"ema": run.ema.state_dict()} if run.ema is not None else {})}
 
 
 def restore(run, state: dict, source: str = "checkpoint") -> None:
@@ -31,6 +32,8 @@ def restore(run, state: dict, source: str = "checkpoint") -> None:
         run.model.load_state_dict(state["model"])
         run.optimizer.load_state_dict(state["optimizer"])
         run.scaler.load_state_dict(state["scaler"])
+        if run.ema is not None:
+            run.ema.load_state_dict(state["ema"])
     except (RuntimeError, ValueError, KeyError) as e:
         first = str(e).strip().splitlines()[0]
         raise ConfigError(f"checkpoint {source!r} does not match this config ({first}); "

@@ -20,10 +20,13 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
+from normrepro.best import BEST_NAME, is_new_best, selection_metric
 from normrepro.channel_norms import WEIGHT_NORMS_NAME, WeightNormRecorder
 from normrepro.checkpoint import CKPT_NAME, load_checkpoint, save_checkpoint
+from normrepro.console import eval_bar, extra_accuracies, log_start, set_train_postfix
 from normrepro.data import DataBundle, build_data
 from normrepro.distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed
+from normrepro.ema import build_ema
 from normrepro.errors import ConfigError, choice_error
 from normrepro.loggers import build_logger
 from normrepro.metrics import EpochSums, MetricsWriter, why_diverged
@@ -35,6 +38,7 @@ from normrepro.optim import build_optimizer, build_scheduler
 from normrepro.optim.regularization import apply_wd_zero_epoch, with_classifier_penalty
 from normrepro.optim.wd_lr import ReferenceTargets
 from normrepro.precision import Precision, build_precision, resolve_stats_dtype, scaler_stats
+from normrepro.profiling import profile_epoch
 from normrepro.run_state import restore, state_of
 from normrepro.utils.env import run_env
 
@@ -66,6 +70,8 @@ class Run:
     steps_per_epoch: int
     epochs_done: int = 0
     logger: object = field(default=None)
+    ema: object = None  # normrepro.ema.WeightEMA when train.ema_decay is set
+    profiled: bool = False  # train.profile: the first epoch this process trains was profiled
 
     @property
     def device(self) -> torch.device:
@@ -137,7 +143,7 @@ def build_run(cfg: DictConfig, run_dir: str | Path) -> Run:
         raise ConfigError(f"train.batch_size={tc.batch_size} is the global batch and must be divisible by the "
                           f"world size {world}")
     data = build_data(cfg.dataset, int(tc.batch_size) // world, int(tc.eval_batch_size), device, int(cfg.seed),
-                      dist_info.rank, world)
+                      dist_info.rank, world, **_data_options(tc))
     precision = build_precision(cfg.precision, device)
     model = build_model_for(cfg, data.num_classes, data.in_channels)
     si_layers = scale_invariant_layers(model, (2, data.in_channels, data.image_size, data.image_size))
@@ -153,14 +159,23 @@ def build_run(cfg: DictConfig, run_dir: str | Path) -> Run:
     run = Run(cfg, run_dir, dist_info, data, precision, model, _wrap_for_training(model, dist_info, tc.compile),
               optimizer, scheduler, reference, WeightNormRecorder(si_layers, run_dir / WEIGHT_NORMS_NAME),
               MaxDevTracker(model, device), _metrics_writer(cfg, run_dir, data, precision, dist_info),
-              OmegaConf.to_container(cfg, resolve=True), memory_format, steps)
+              OmegaConf.to_container(cfg, resolve=True), memory_format, steps,
+              ema=build_ema(model, tc.get("ema_decay")))
     ckpt_path = run_dir / CKPT_NAME
     if tc.resume and ckpt_path.exists():
         restore(run, load_checkpoint(ckpt_path), str(ckpt_path))
     else:
         run.recorder.record()  # epoch boundary 0: the initial norms
-    run.logger = build_logger(cfg.logger, run.resolved, run_dir, rank=dist_info.rank)
+    run.logger = build_logger(cfg.logger, run.resolved, run_dir, rank=dist_info.rank, history=run.metrics.history)
+    if dist_info.is_main:
+        log_start(cfg, model, data, device)
     return run
+
+
+def _data_options(tc) -> dict:
+    """build_data's ``val_fraction`` and ``train_limit`` (``train.overfit_batches`` batches of the global batch)."""
+    limit = int(tc.overfit_batches) * int(tc.batch_size) if tc.get("overfit_batches") else None
+    return {"val_fraction": float(tc.get("val_fraction") or 0.0), "train_limit": limit}
 
 
 def _wrap_for_training(model: torch.nn.Module, dist_info: DistInfo, compile_: bool) -> torch.nn.Module:
@@ -178,7 +193,8 @@ def _metrics_writer(cfg, run_dir: Path, data: DataBundle, precision: Precision, 
            "world_size": dist_info.world_size}
     return MetricsWriter(run_dir / "metrics.json", seed=int(cfg.seed), overrides=_overrides(), env=env,
                          data={"name": data.name, "image_size": data.image_size, "num_train": data.num_train,
-                               "num_test": data.num_test, "num_classes": data.num_classes})
+                               "num_test": data.num_test, "num_val": data.num_val, "num_classes": data.num_classes},
+                         select=selection_metric(cfg))
 
 
 def train_one_epoch(run: Run, epoch: int) -> dict:
@@ -194,7 +210,7 @@ def train_one_epoch(run: Run, epoch: int) -> dict:
     sums, skipped_before = EpochSums(run.device), scaler_stats(scaler)["skipped_steps"]
     params = [p for g in opt.param_groups for p in g["params"]]
     run.max_dev.start_epoch()
-    for x, y in _progress(run, epoch):
+    for x, y in _progress(run, epoch, sums):
         x = precision.prepare_input(x).contiguous(memory_format=run.memory_format)
         with precision.autocast():
             logits = model(x)
@@ -207,6 +223,8 @@ def train_one_epoch(run: Run, epoch: int) -> dict:
         scaler.step(opt)  # skipped when a gradient is inf/nan
         scaler.update()
         run.scheduler.step()
+        if run.ema is not None:
+            run.ema.update()
         sums.add(loss.detach(), logits.detach(), y)
         run.max_dev.update()
     if run.device.type == "cuda":
@@ -216,23 +234,28 @@ def train_one_epoch(run: Run, epoch: int) -> dict:
             "skipped_steps": stats["skipped_steps"] - skipped_before, "loss_scale": stats["loss_scale"]}
 
 
-def _progress(run: Run, epoch: int):
-    """The epoch's first ``steps_per_epoch`` training batches, behind a tqdm bar (``train.progress``, rank 0)."""
+def _progress(run: Run, epoch: int, sums: EpochSums):
+    """The epoch's first ``steps_per_epoch`` training batches, behind a tqdm bar (``train.progress``, rank 0) showing
+    the loss so far and the lr (refreshed every ``console.POSTFIX_EVERY`` steps)."""
     bar = tqdm(run.data.train, total=run.steps_per_epoch, desc=f"epoch {epoch + 1}/{run.cfg.train.epochs}",
                leave=False, disable=not (run.cfg.train.progress and run.dist.is_main), dynamic_ncols=True)
     try:
-        yield from itertools.islice(bar, run.steps_per_epoch)
+        for step, batch in enumerate(itertools.islice(bar, run.steps_per_epoch)):
+            set_train_postfix(bar, step, sums, run.optimizer.param_groups[0]["lr"])
+            yield batch
     finally:
         bar.close()
 
 
 @torch.no_grad()
-def evaluate(model, loader, precision, memory_format) -> tuple[float, float]:
-    """Mean cross-entropy and top-1 accuracy (%) over ``loader`` (summed over all ranks under torchrun)."""
+def evaluate(model, loader, precision, memory_format, max_batches=None, bar=False, desc="eval") -> tuple[float, float]:
+    """Mean cross-entropy and top-1 accuracy (%) over ``loader``'s first ``max_batches`` batches (all if None),
+    summed over all ranks under torchrun; ``bar``: a tqdm bar."""
     model.eval()
     device = next(model.parameters()).device
     sums = torch.zeros(3, device=device, dtype=torch.float64)  # loss sum, correct, seen
-    for x, y in loader:
+    total = len(loader) if max_batches is None else min(len(loader), int(max_batches))
+    for x, y in eval_bar(itertools.islice(loader, total), total, bar, desc):
         x = precision.prepare_input(x).contiguous(memory_format=memory_format)
         with precision.autocast():
             logits = model(x).float()
@@ -245,16 +268,32 @@ def evaluate(model, loader, precision, memory_format) -> tuple[float, float]:
 def _epoch_row(run: Run, epoch: int) -> dict:
     """Epoch ``epoch``'s metrics row: training, the test pass, wall time, the weight norms (and max |x - mu|)."""
     t0 = time.perf_counter()
-    train = train_one_epoch(run, epoch)
-    test_loss, test_acc = evaluate(run.model, run.data.test, run.precision, run.memory_format)
+    profile, run.profiled = bool(run.cfg.train.get("profile")) and not run.profiled, True
+    with profile_epoch(profile, run.run_dir, run.device):  # debug=profile: this process's first epoch
+        train = train_one_epoch(run, epoch)
+    evals = _evaluations(run)
     norms = run.recorder.record()
     row = {"epoch": epoch + 1, "lr": train["lr"], "train_loss": train["train_loss"], "train_acc": train["train_acc"],
-           "test_loss": test_loss, "test_acc": test_acc, "seconds": time.perf_counter() - t0,
+           **evals, "seconds": time.perf_counter() - t0,
            **{k: train[k] for k in ("train_seconds", "train_images", "nonfinite_images", "skipped_steps",
                                     "loss_scale")}, **run.recorder.summary(norms, train["lr"])}
     if run.max_dev:
         row["max_abs_dev"] = run.max_dev.summary()
     return row
+
+
+def _evaluations(run: Run) -> dict:
+    """The row's evaluation columns: test_loss/test_acc, val_loss/val_acc (a validation split), ema_test_loss/
+    ema_test_acc (and ema_val_*: an EMA of the weights), each capped at ``train.max_eval_batches`` batches."""
+    tc, out = run.cfg.train, {}
+    models = {"": run.model, **({"ema_": run.ema.module} if run.ema is not None else {})}
+    splits = {"test": run.data.test, **({"val": run.data.val} if run.data.val is not None else {})}
+    for prefix, model in models.items():
+        for split, loader in splits.items():
+            loss, acc = evaluate(model, loader, run.precision, run.memory_format, tc.get("max_eval_batches"),
+                                 bar=bool(tc.progress and run.dist.is_main), desc=f"{prefix}{split}")
+            out[f"{prefix}{split}_loss"], out[f"{prefix}{split}_acc"] = loss, acc
+    return out
 
 
 def fit(cfg: DictConfig, run_dir: str | Path, on_epoch=None) -> dict:
@@ -279,9 +318,9 @@ def _train(run: Run, on_epoch) -> dict:
         run.logger.log_epoch(row)
         if on_epoch is not None:
             on_epoch(row)
-        log.info("epoch %d/%d lr %.4g train loss %.4f acc %.2f%% | test loss %.4f acc %.2f%% | %.1fs%s",
+        log.info("epoch %d/%d lr %.4g train loss %.4f acc %.2f%% | test loss %.4f acc %.2f%%%s | %.1fs%s",
                  epoch + 1, epochs, row["lr"], row["train_loss"], row["train_acc"], row["test_loss"],
-                 row["test_acc"], row["seconds"],
+                 row["test_acc"], extra_accuracies(row), row["seconds"],
                  f" | {row['skipped_steps']} steps skipped" if row["skipped_steps"] else "")
         why = why_diverged(row, run.steps_per_epoch, run.model)
         if why:
@@ -293,7 +332,7 @@ def _train(run: Run, on_epoch) -> dict:
             run.recorder.save()
             run.metrics.write(status="running")
         if run.cfg.train.checkpoint and main:
-            save_checkpoint(run.run_dir / CKPT_NAME, state_of(run))
+            _save_checkpoints(run)
     result = run.metrics.write(status=status) if main else {"status": status, "epochs": run.metrics.history}
     if main:
         run.recorder.save()
@@ -301,6 +340,14 @@ def _train(run: Run, on_epoch) -> dict:
     run.logger.finish(status)
     barrier()
     return result
+
+
+def _save_checkpoints(run: Run) -> None:
+    """``last.ckpt``, and ``best.ckpt`` (the same state) when this epoch is the best so far (``normrepro.best``)."""
+    state = state_of(run)
+    save_checkpoint(run.run_dir / CKPT_NAME, state)
+    if is_new_best(run.metrics.history, run.metrics.select):
+        save_checkpoint(run.run_dir / BEST_NAME, state)
 
 
 def _overrides() -> list[str]:

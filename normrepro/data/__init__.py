@@ -21,6 +21,7 @@ from normrepro.data.sources import (
     make_synthetic,
     resize_uint8,
 )
+from normrepro.data.split import stratified_split
 from normrepro.errors import ConfigError, choice_error
 
 DATASET_NAMES = ("digits", "mnist5k", "synthetic", "cifar10", "cifar100", "imagenet")
@@ -39,6 +40,8 @@ class DataBundle:
     name: str
     num_train: int
     num_test: int
+    val: object = None  # the held-out validation split (``train.val_fraction`` > 0), evaluated like test
+    num_val: int = 0
 
 
 def _uint8_source(name, cfg):
@@ -74,9 +77,12 @@ def channel_stats(images: torch.Tensor):
     return mean, std
 
 
-def build_data(cfg, batch_size, eval_batch_size, device, seed, rank=0, world_size=1) -> DataBundle:
+def build_data(cfg, batch_size, eval_batch_size, device, seed, rank=0, world_size=1, val_fraction=0.0,
+               train_limit=None) -> DataBundle:
     """The dataset of config group ``dataset`` (all its keys set, as the YAML files do) as a :class:`DataBundle`
-    on ``device``."""
+    on ``device``; ``val_fraction`` of the training set held out as ``val`` (``normrepro/data/split.py``), and the
+    training set cut to its first ``train_limit`` images, without augmentation (``train.overfit_batches``; ImageNet
+    keeps its crops), when given."""
     name = cfg.get("name")
     if name not in DATASET_NAMES:
         raise choice_error("dataset", name, DATASET_NAMES)
@@ -84,17 +90,28 @@ def build_data(cfg, batch_size, eval_batch_size, device, seed, rank=0, world_siz
         raise ConfigError(f"rank {rank} outside world_size {world_size}")
     device = torch.device(device)
     if name == "imagenet":
-        train, test, k, n_train, n_test = imagenet_loaders(cfg, batch_size, eval_batch_size, device, seed, rank,
-                                                          world_size)
-        return DataBundle(train, test, k, 3, int(_req(cfg, "image_size")), name, n_train, n_test)
+        loaders = imagenet_loaders(cfg, batch_size, eval_batch_size, device, seed, rank, world_size, val_fraction,
+                                   train_limit)
+        train, test, val, k, n_train, n_test, n_val = loaders
+        return DataBundle(train, test, k, 3, int(_req(cfg, "image_size")), name, n_train, n_test, val, n_val)
     (xtr, ytr), (xte, yte), k = _uint8_source(name, cfg)
+    xval = yval = None
+    if val_fraction > 0:
+        keep, held = stratified_split(ytr, val_fraction)
+        xtr, ytr, xval, yval = xtr[keep], ytr[keep], xtr[held], ytr[held]
     mean, std = _req(cfg, "mean"), _req(cfg, "std")
     if mean is None or std is None:  # null: the statistics of the training split
         split_mean, split_std = channel_stats(xtr)
         mean, std = split_mean if mean is None else mean, split_std if std is None else std
+    if train_limit:  # after the statistics: those of the whole training split
+        xtr, ytr = xtr[:train_limit], ytr[:train_limit]
     xtr, ytr, xte, yte = (t.to(device) for t in (xtr, ytr, xte, yte))
     common = dict(mean=mean, std=std, seed=seed, rank=rank, world_size=world_size)
-    train = InMemoryLoader(xtr, ytr, batch_size, shuffle=True, pad=int(_req(cfg, "pad")), flip=bool(_req(cfg, "flip")),
-                           drop_last=bool(_req(cfg, "drop_last")), **common)
+    augment = not train_limit  # overfit_batches: the very same images every epoch
+    train = InMemoryLoader(xtr, ytr, batch_size, shuffle=True, pad=int(_req(cfg, "pad")) if augment else 0,
+                           flip=bool(_req(cfg, "flip")) and augment, drop_last=bool(_req(cfg, "drop_last")), **common)
     test = InMemoryLoader(xte, yte, eval_batch_size, shuffle=False, **common)
-    return DataBundle(train, test, k, xtr.shape[1], xtr.shape[-1], name, len(ytr), len(yte))
+    val = None if xval is None else InMemoryLoader(xval.to(device), yval.to(device), eval_batch_size, shuffle=False,
+                                                   **common)
+    return DataBundle(train, test, k, xtr.shape[1], xtr.shape[-1], name, len(ytr), len(yte), val,
+                      0 if yval is None else len(yval))

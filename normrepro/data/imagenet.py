@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from normrepro.data.memory import epoch_generator
 from normrepro.data.options import required
+from normrepro.data.split import split_labels_of, stratified_split
 from normrepro.errors import ConfigError, DataFileError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -151,8 +152,10 @@ def _samples(folder: Path, class_to_idx, allow_empty):
         raise ConfigError(f"ImageNet folder {str(folder)!r} is incomplete ({' '.join(str(e).split())})") from None
 
 
-def imagenet_loaders(cfg, batch_size, eval_batch_size, device, seed, rank=0, world_size=1):
-    """(train, test, num_classes, num_train, num_test) for the ImageFolder tree under ``cfg.root``."""
+def imagenet_loaders(cfg, batch_size, eval_batch_size, device, seed, rank=0, world_size=1, val_fraction=0.0,
+                     train_limit=None):
+    """(train, test, val, num_classes, num_train, num_test, num_val) for the ImageFolder tree under ``cfg.root``;
+    val (None when ``val_fraction`` is 0) is the stratified subset of train/ held out, with the eval transform."""
     root = Path(str(required(cfg, "root")))
     for split in ("train", "val"):
         if not (root / split).is_dir():
@@ -180,5 +183,12 @@ def imagenet_loaders(cfg, batch_size, eval_batch_size, device, seed, rank=0, wor
                         pin_memory=device.type == "cuda", persistent_workers=workers > 0)
         return DeviceLoader(dl, sampler, device, IMAGENET_MEAN, IMAGENET_STD)
 
+    held_samples = []
+    if val_fraction > 0:
+        keep, held = stratified_split(split_labels_of(train_samples), val_fraction)
+        train_samples, held_samples = [train_samples[i] for i in keep], [train_samples[i] for i in held]
+    if train_limit:
+        train_samples = train_samples[:train_limit]
     train, test = loader(train_samples, batch_size, True), loader(val_samples, eval_batch_size, False)
-    return train, test, len(classes), len(train_samples), len(val_samples)
+    held = loader(held_samples, eval_batch_size, False) if held_samples else None
+    return train, test, held, len(classes), len(train_samples), len(val_samples), len(held_samples)
