@@ -121,6 +121,12 @@ def checkpoint_problem(state) -> str | None:
     return _rng_problem(state["rng"])
 
 
+def _sums_ok(sums) -> bool:
+    return (isinstance(sums, dict) and all(isinstance(sums.get(k), torch.Tensor) and sums[k].dim() == 0
+                                           for k in ("loss", "correct", "finite_images"))
+            and _is_int(sums.get("images")))
+
+
 def _progress_problem(p, epoch: int) -> str | None:
     """What is wrong with a mid-epoch checkpoint's ``progress`` (``EpochProgress.state``), or None."""
     if not isinstance(p, dict):
@@ -130,11 +136,9 @@ def _progress_problem(p, epoch: int) -> str | None:
         return f"expected ints >= 0 {', '.join(ints)} and numbers {', '.join(reals)}"
     if p["epoch"] != epoch:
         return f"epoch {p['epoch']} in progress after {epoch} epochs done"
-    sums, max_dev = p.get("sums"), p.get("max_dev")
-    if not (isinstance(sums, dict) and all(isinstance(sums.get(k), torch.Tensor) and sums[k].dim() == 0
-                                           for k in ("loss", "correct", "finite_images"))
-            and _is_int(sums.get("images"))):
-        return "sums is not {loss, correct, finite_images: 0-dim tensors, images: int}"
+    max_dev, rank_sums = p.get("max_dev"), p.get("rank_sums", [])
+    if not isinstance(rank_sums, list) or not all(_sums_ok(s) for s in [p.get("sums"), *rank_sums]):
+        return "sums (and rank_sums) is not {loss, correct, finite_images: 0-dim tensors, images: int}"
     if not (isinstance(max_dev, dict) and all(isinstance(v, torch.Tensor) for v in max_dev.values())):
         return "max_dev is not a dict of tensors"
     return None

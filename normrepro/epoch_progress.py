@@ -72,7 +72,7 @@ def begin_epoch(run, epoch: int) -> EpochProgress:
     if saved:
         progress.lr, progress.skipped_before = saved["lr"], saved["skipped_before"]
         progress.seconds_before, progress.reference_step = saved["train_seconds"], saved["reference_step"]
-        progress.sums.load_state(saved["sums"])
+        progress.sums.load_state(_own_sums(saved, run.dist))
         run.max_dev.load_state(saved["max_dev"])
     run.progress, progress.t0 = progress, time.perf_counter()
     return progress
@@ -85,8 +85,31 @@ def end_of_step(run, progress: EpochProgress) -> None:
     every, global_step = int(run.cfg.train.get("checkpoint_every_steps") or 0), run.scheduler.last_epoch
     if run.guard is not None and run.guard.should_stop():
         preempt(run, global_step)
-    if every and global_step % every == 0 and progress.step < run.steps_per_epoch and run.dist.is_main:
-        save_checkpoint(run.run_dir / CKPT_NAME, state_of(run))  # the epoch's end writes its own
+    if every and global_step % every == 0 and progress.step < run.steps_per_epoch:
+        save_mid_epoch(run)  # the epoch's end writes its own
+
+
+def save_mid_epoch(run) -> None:
+    """Write ``last.ckpt`` now (rank 0), with every rank's partial sums under torchrun (a collective: all ranks)."""
+    rank_sums = None
+    if run.dist.enabled and run.progress is not None:
+        import torch.distributed as dist
+
+        rank_sums = [None] * run.dist.world_size
+        dist.all_gather_object(rank_sums, run.progress.sums.state())
+    if run.dist.is_main:
+        state = state_of(run)
+        if rank_sums is not None:
+            state["progress"]["rank_sums"] = rank_sums
+        save_checkpoint(run.run_dir / CKPT_NAME, state)
+
+
+def _own_sums(saved: dict, dist_info) -> dict:
+    """This rank's partial sums of a mid-epoch checkpoint (rank 0's alone when it was written by one process)."""
+    rank_sums = saved.get("rank_sums")
+    if isinstance(rank_sums, list) and len(rank_sums) == dist_info.world_size:
+        return rank_sums[dist_info.rank]
+    return saved["sums"]
 
 
 def finish_epoch(run, progress: EpochProgress) -> dict:
@@ -107,9 +130,9 @@ def stop_between_epochs(run, saved: bool) -> None:
 
 def preempt(run, global_step: int, save: bool = True) -> None:
     """Save the checkpoint (rank 0), mark ``metrics.json`` preempted, end the logger and raise :class:`Preempted`."""
+    if save:
+        save_mid_epoch(run)
     if run.dist.is_main:
-        if save:
-            save_checkpoint(run.run_dir / CKPT_NAME, state_of(run))
         run.metrics.write(status="preempted")
     where = f"epoch {run.epochs_done + 1}, batch {run.progress.step}" if run.progress else f"epoch {run.epochs_done}"
     log.warning("preemption signal: checkpoint saved after step %d (%s)", global_step, where)

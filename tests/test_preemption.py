@@ -186,7 +186,7 @@ def test_mid_epoch_checkpoint_still_refuses_another_config(tmp_path, monkeypatch
 @pytest.mark.parametrize("how, message", [
     (lambda p: p.update(step=-1), "progress: expected ints >= 0"),
     (lambda p: p.update(epoch=7), "progress: epoch 7 in progress after 1 epochs done"),
-    (lambda p: p["sums"].pop("loss"), "progress: sums is not"),
+    (lambda p: p["sums"].pop("loss"), "progress: sums .and rank_sums. is not"),
     (lambda p: p.update(max_dev=[1.0]), "progress: max_dev is not a dict of tensors"),
 ])
 def test_damaged_mid_epoch_checkpoint_is_one_line(how, message, tmp_path, monkeypatch):
@@ -290,3 +290,35 @@ def test_imagenet_epoch_restarts_at_a_batch(tmp_path):
     assert torch.equal(torch.get_rng_state(), before)  # the DataLoader draws from its own generator
     assert len(full) == 4 and len(rest) == 2 and len(b.train) == 4
     assert all(torch.equal(x, y) and torch.equal(u, v) for (x, u), (y, v) in zip(full[2:], rest))
+
+
+@pytest.mark.slow
+def test_torchrun_sigterm_to_the_job_stops_both_ranks_at_one_step(tmp_path):
+    """SIGTERM to the whole job (as SLURM sends it): both ranks stop after the same step, rank 0's checkpoint
+    resumes both, and the result equals an uninterrupted torchrun run."""
+    over = TINY + ["train.epochs=2", "train.batch_size=8", "train.max_steps_per_epoch=100", "train.num_threads=1",
+                   "deterministic=true"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def torchrun(run_dir, **popen):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py", *over,
+               f"hydra.run.dir={run_dir}"]
+        return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                                **popen)
+
+    job = torchrun(tmp_path / "run", start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "run" / "metrics.json").exists() and job.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0)
+    os.killpg(job.pid, signal.SIGTERM)
+    _, err = job.communicate(timeout=180)
+    assert "preempted: stopped on SIGTERM" in err, err[-3000:]
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["status"] == "preempted"
+    assert load_checkpoint(tmp_path / "run" / CKPT_NAME)["progress"]["step"] > 0
+    for run_dir in (tmp_path / "run", tmp_path / "full"):
+        proc = torchrun(run_dir)
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-3000:]
+    a, b = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("run", "full"))
+    assert a["status"] == "completed" and history(a) == history(b)
