@@ -1,6 +1,7 @@
 """Train one model: ``python train.py norm=l1 precision=fp16``; sweep: ``python train.py -m norm=l2,l1 seed=0,1,2``.
 
-Exit codes: 0 completed, 2 bad input (one ``error: ...`` line), 3 diverged, 1 a bug (traceback); see normrepro/cli.py.
+Exit codes: 0 completed, 2 bad input (one ``error: ...`` line), 3 diverged, 4 preempted (rerun to resume),
+1 a bug (traceback); see normrepro/cli.py.
 """
 import hydra
 from omegaconf import DictConfig

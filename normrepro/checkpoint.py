@@ -1,4 +1,5 @@
-"""Checkpoints: ``last.ckpt`` written atomically every epoch; a run dir holding one resumes from it.
+"""Checkpoints: ``last.ckpt`` written atomically every epoch (and mid-epoch on a preemption signal or every
+``train.checkpoint_every_steps`` steps); a run dir holding one resumes from it.
 
 A checkpoint holds tensors and plain containers only, so it loads with ``torch.load(weights_only=True)``: the RNG
 states are stored as tensors, ints and lists (numpy's MT19937 as its key tensor + ints, Python's as a list of ints).
@@ -113,4 +114,34 @@ def checkpoint_problem(state) -> str | None:
         problem = reference_problem(state["weight_norms"])
         if problem:
             return f"weight_norms: {problem}"
+    if state.get("steps_per_epoch") is not None and not (_is_int(state["steps_per_epoch"])
+                                                         and state["steps_per_epoch"] > 0):
+        return f"steps_per_epoch is {state['steps_per_epoch']!r}, expected an integer > 0"
+    if state.get("progress") is not None:
+        problem = _progress_problem(state["progress"], state["epoch"])
+        if problem:
+            return f"progress: {problem}"
     return _rng_problem(state["rng"])
+
+
+def _sums_ok(sums) -> bool:
+    return (isinstance(sums, dict) and all(isinstance(sums.get(k), torch.Tensor) and sums[k].dim() == 0
+                                           for k in ("loss", "correct", "finite_images"))
+            and _is_int(sums.get("images")))
+
+
+def _progress_problem(p, epoch: int) -> str | None:
+    """What is wrong with a mid-epoch checkpoint's ``progress`` (``EpochProgress.state``), or None."""
+    if not isinstance(p, dict):
+        return f"a {type(p).__name__}, expected a dict"
+    ints, reals = ("epoch", "step", "skipped_before", "reference_step"), ("lr", "train_seconds")
+    if not (all(_is_int(p.get(k)) and p[k] >= 0 for k in ints) and all(isinstance(p.get(k), Real) for k in reals)):
+        return f"expected ints >= 0 {', '.join(ints)} and numbers {', '.join(reals)}"
+    if p["epoch"] != epoch:
+        return f"epoch {p['epoch']} in progress after {epoch} epochs done"
+    max_dev, rank_sums = p.get("max_dev"), p.get("rank_sums", [])
+    if not isinstance(rank_sums, list) or not all(_sums_ok(s) for s in [p.get("sums"), *rank_sums]):
+        return "sums (and rank_sums) is not {loss, correct, finite_images: 0-dim tensors, images: int}"
+    if not (isinstance(max_dev, dict) and all(isinstance(v, torch.Tensor) for v in max_dev.values())):
+        return "max_dev is not a dict of tensors"
+    return None

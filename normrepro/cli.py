@@ -2,7 +2,9 @@
 
 Exit codes: 0 completed; 2 bad input (``error: ...``: config value, unreadable or unsafe file, unusable run dir,
 full disk; Hydra's own errors too); 3 diverged (``metrics.json``: status diverged, ``env.diverged`` the reason);
-1 a bug (traceback). A run that dies after ``metrics.json`` was written leaves ``status: failed`` (or
+4 preempted (SIGTERM/SIGUSR2: a checkpoint after the current step, ``metrics.json`` status preempted; the same
+command resumes it; a handler installed before, e.g. submitit's requeue, gets the signal instead); 1 a bug
+(traceback). A run that dies after ``metrics.json`` was written leaves ``status: failed`` (or
 ``interrupted``) and ``error: <one-line reason>`` there, so a report tells a crash from a live run.
 """
 from __future__ import annotations
@@ -18,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from normrepro.config_check import check_config
 from normrepro.console import rounded
 from normrepro.errors import EXIT_BAD_INPUT, EXIT_DIVERGED, ConfigError, one_line
+from normrepro.preemption import EXIT_PREEMPTED, Preempted
 from normrepro.preflight import check_run_dir, exit_with_error, is_rank0, require_shared_run_dir
 from normrepro.run_lock import acquire_run_lock, release_run_lock
 from normrepro.utils.io import atomic_write_json, atomic_write_text, remove_stale_temp_files
@@ -51,6 +54,8 @@ def main(cfg: DictConfig) -> float | None:
         exit_with_error(e)
     try:
         result = run(cfg, run_dir)
+    except Preempted as e:
+        exit_preempted(e, run_dir, bool(cfg.train.resume))
     except ConfigError as e:
         if not _multirun():
             exit_with_error(e)
@@ -82,6 +87,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         drop_file_logging()
     try:
         result = fit(cfg, run_dir)
+    except Preempted:
+        raise  # metrics.json says preempted already; main() forwards the signal or exits 4
     except ConfigError as e:
         mark_failed(run_dir / "metrics.json", one_line(e))
         raise
@@ -95,6 +102,16 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         release_run_lock(run_dir)  # a multirun's next in-process job locks its own dir; the OS would at exit
     _STATUSES.append(result["status"])
     return result
+
+
+def exit_preempted(e: Preempted, run_dir: Path, resume: bool) -> None:
+    """One line on stderr saying how to resume; then the signal's previous handler (submitit: checkpoint and
+    requeue) if there was one, else (or when it returns) exit :data:`EXIT_PREEMPTED`."""
+    if is_rank0():
+        how = "run the same command again" + ("" if resume else " with train.resume=true")
+        print(f"preempted: {e} ({run_dir / 'last.ckpt'}); {how} to resume", file=sys.stderr, flush=True)
+    e.forward()
+    sys.exit(EXIT_PREEMPTED)
 
 
 def mark_failed(metrics_path: Path, reason: str, status: str = "failed") -> bool:

@@ -67,6 +67,7 @@ class Train(Section):
     max_steps_per_epoch: PosInt | None
     resume: Bool
     checkpoint: Bool
+    checkpoint_every_steps: NonNegInt = 0
     progress: Bool
     num_threads: PosInt | None
     max_eval_batches: PosInt | None = None

@@ -2,6 +2,7 @@
 
 EXIT_BAD_INPUT = 2  # a ConfigError: bad config value, unreadable/unsafe file, unusable run dir, full disk
 EXIT_DIVERGED = 3  # the run stopped as diverged (metrics.json: status diverged, env.diverged = the reason)
+# 4 (normrepro.preemption.EXIT_PREEMPTED): stopped on SIGTERM/SIGUSR2 after saving a checkpoint; rerun to resume
 
 
 class ConfigError(ValueError):

@@ -64,6 +64,17 @@ class EpochSums:
         self.correct += (logits.argmax(1) == y).sum()
         self.images += y.size(0)
 
+    def state(self) -> dict:
+        """The sums so far (CPU tensors and an int) for a mid-epoch checkpoint; :meth:`load_state` restores them."""
+        return {"loss": self.loss.cpu(), "correct": self.correct.cpu(), "finite_images": self.finite_images.cpu(),
+                "images": self.images}
+
+    def load_state(self, state: dict) -> None:
+        """Continue from :meth:`state`'s sums (bit-identical: the same tensors, moved to this device)."""
+        self.loss, self.correct, self.finite_images = (state[k].to(self.device)
+                                                       for k in ("loss", "correct", "finite_images"))
+        self.images = int(state["images"])
+
     def totals(self) -> dict:
         """train_loss (mean over finite steps; nan if none), train_acc (%), train_images, nonfinite_images."""
         sums = all_reduce_sum(torch.stack([self.loss.double(), self.correct.double(), self.finite_images.double(),

@@ -19,9 +19,13 @@ PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
 class Preempted(Exception):
     """Raised by the loop after it saved a mid-epoch checkpoint on a preemption signal."""
 
-    def __init__(self, signum: int, step: int):
+    def __init__(self, signum: int, step: int, guard: PreemptionGuard | None = None):
         super().__init__(f"stopped on {signal.Signals(signum).name} after step {step}; the checkpoint resumes it")
-        self.signum, self.step = signum, step
+        self.signum, self.step, self.guard = signum, step, guard
+
+    def forward(self) -> bool:
+        """Hand the signal to the handler that was installed before the guard (:meth:`PreemptionGuard.forward`)."""
+        return self.guard is not None and self.guard.forward()
 
 
 class PreemptionGuard:

@@ -66,9 +66,10 @@ def same_past_schedule(saved: dict, current: dict, steps_done: int, steps_per_ep
 def check_resume_config(state: dict, current: dict, path: str | Path) -> None:
     """Raise a one-line ConfigError when checkpoint ``state`` (its ``config``) was trained with another config."""
     diffs = config_differences(state["config"], current)
-    if [k for k, _, _ in diffs] == ["train.epochs"] and state["epoch"] > 0:
-        steps_done = int(state["scheduler"]["last_epoch"])
-        per_epoch = int(state.get("steps_per_epoch") or steps_done // state["epoch"])
+    steps_done = int(state["scheduler"]["last_epoch"])
+    if [k for k, _, _ in diffs] == ["train.epochs"] and steps_done > 0:
+        # older checkpoints lack steps_per_epoch: they were all written at an epoch's end
+        per_epoch = int(state.get("steps_per_epoch") or steps_done // max(state["epoch"], 1))
         if per_epoch > 0 and same_past_schedule(state["config"], current, steps_done, per_epoch):
             return
     if diffs:

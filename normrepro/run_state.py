@@ -1,9 +1,9 @@
 """What a checkpoint holds of a run, and putting it back (``normrepro/checkpoint.py`` reads and writes the file).
 
 ``state_of(run)``: model, optimizer, scheduler and loss-scaler states, the epochs done, the metrics history, every
-RNG state, the resolved config, the recorded weight norms and the EMA of the weights (``train.ema_decay``).
-``restore(run, state)`` loads them into a freshly built run, so that the resumed run continues exactly
-(bit-identically) where the checkpoint was written.
+RNG state, the resolved config, the recorded weight norms, the EMA of the weights (``train.ema_decay``) and, saved
+halfway through an epoch, that epoch's progress (``normrepro/epoch_progress.py``). ``restore(run, state)`` loads them
+into a freshly built run, so that the resumed run continues exactly (bit-identically) where the checkpoint was written.
 """
 from __future__ import annotations
 
@@ -21,13 +21,20 @@ def state_of(run) -> dict:
     return {"model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
             "scheduler": run.scheduler.state_dict(), "scaler": run.scaler.state_dict(), "epoch": run.epochs_done,
             "history": run.metrics.history, "rng": rng_state(), "config": run.resolved,
-            "weight_norms": run.recorder.state(), **({"ema": run.ema.state_dict()} if run.ema is not None else {})}
+            "weight_norms": run.recorder.state(), "steps_per_epoch": run.steps_per_epoch,
+            "progress": None if run.progress is None else run.progress.state(run.optimizer),
+            **({"ema": run.ema.state_dict()} if run.ema is not None else {})}
 
 
 def restore(run, state: dict, source: str = "checkpoint") -> None:
     """Load ``state`` (from :func:`state_of`) into ``run``; a checkpoint of another config is a ConfigError that
     names the keys that differ (``normrepro.resume_check``)."""
     check_resume_config(state, run.resolved, source)
+    step = (state.get("progress") or {}).get("step", 0)
+    if step > run.steps_per_epoch:
+        raise ConfigError(f"checkpoint {source!r} stopped at batch {step} of an epoch, but this run's epochs have "
+                          f"{run.steps_per_epoch} batches (another dataset?); use another hydra.run.dir or "
+                          f"train.resume=false")
     try:
         run.model.load_state_dict(state["model"])
         run.optimizer.load_state_dict(state["optimizer"])
@@ -44,4 +51,8 @@ def restore(run, state: dict, source: str = "checkpoint") -> None:
     if "weight_norms" in state:
         run.recorder.load_state(state["weight_norms"])
     run.epochs_done = int(state["epoch"])
-    log.info("resumed from %s at epoch %d", source, run.epochs_done)
+    run.resume_progress = state.get("progress")  # a mid-epoch checkpoint: the epoch continues at its batch
+    if run.resume_progress is None:
+        log.info("resumed from %s at epoch %d", source, run.epochs_done)
+    else:
+        log.info("resumed from %s in epoch %d at batch %d", source, run.epochs_done + 1, run.resume_progress["step"])

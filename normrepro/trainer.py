@@ -27,17 +27,19 @@ from normrepro.console import eval_bar, extra_accuracies, log_start, set_train_p
 from normrepro.data import DataBundle, build_data
 from normrepro.distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed
 from normrepro.ema import build_ema
+from normrepro.epoch_progress import EpochProgress, begin_epoch, end_of_step, finish_epoch, stop_between_epochs
 from normrepro.errors import ConfigError, choice_error
 from normrepro.loggers import build_logger
-from normrepro.metrics import EpochSums, MetricsWriter, why_diverged
+from normrepro.metrics import MetricsWriter, why_diverged
 from normrepro.models import build_model, scale_invariant_layers
 from normrepro.models.weight_norm import WEIGHT_NORM_KEYS, apply_weight_norm, weight_norm_options
 from normrepro.norms import convert_sync_norms, norm_factory
 from normrepro.norms.max_dev import MaxDevTracker
 from normrepro.optim import build_optimizer, build_scheduler
-from normrepro.optim.regularization import apply_wd_zero_epoch, with_classifier_penalty
+from normrepro.optim.regularization import with_classifier_penalty
 from normrepro.optim.wd_lr import ReferenceTargets
-from normrepro.precision import Precision, build_precision, resolve_stats_dtype, scaler_stats
+from normrepro.precision import Precision, build_precision, resolve_stats_dtype
+from normrepro.preemption import PreemptionGuard
 from normrepro.profiling import profile_epoch
 from normrepro.run_state import restore, state_of
 from normrepro.utils.env import run_env
@@ -72,6 +74,9 @@ class Run:
     logger: object = field(default=None)
     ema: object = None  # normrepro.ema.WeightEMA when train.ema_decay is set
     profiled: bool = False  # train.profile: the first epoch this process trains was profiled
+    guard: PreemptionGuard | None = None  # asked after every step whether a preemption signal arrived
+    progress: EpochProgress | None = None  # the epoch in progress (what a mid-epoch checkpoint saves of it)
+    resume_progress: dict | None = None  # a mid-epoch checkpoint's epoch, continued by the next begin_epoch
 
     @property
     def device(self) -> torch.device:
@@ -199,18 +204,13 @@ def _metrics_writer(cfg, run_dir: Path, data: DataBundle, precision: Precision, 
 
 def train_one_epoch(run: Run, epoch: int) -> dict:
     """One epoch of SGD: forward under autocast, scaled backward, optional clipping, the scaler's step (skipped on
-    inf/nan gradients), the per-step LR schedule. Returns the epoch's training columns of its metrics row."""
+    inf/nan gradients), the per-step LR schedule; after each step a periodic or preemption checkpoint when due
+    (``normrepro/epoch_progress.py``). Returns the epoch's training columns of its metrics row."""
     tc, model, opt, scaler, precision = run.cfg.train, run.train_model, run.optimizer, run.scaler, run.precision
-    run.data.train.set_epoch(epoch)
     run.model.train()
-    if run.reference is not None:  # lr_correction / norm_schedule: this epoch's reference norms
-        run.reference.apply(opt, epoch)
-    apply_wd_zero_epoch(opt, run.cfg.optim.get("wd_zero_epoch"), epoch, int(tc.epochs))  # recipe=authors, CIFAR
-    lr, t0 = opt.param_groups[0]["lr"], time.perf_counter()
-    sums, skipped_before = EpochSums(run.device), scaler_stats(scaler)["skipped_steps"]
+    progress = begin_epoch(run, epoch)  # data position, this epoch's targets and WD; the sums so far on a resume
     params = [p for g in opt.param_groups for p in g["params"]]
-    run.max_dev.start_epoch()
-    for x, y in _progress(run, epoch, sums):
+    for x, y in _progress(run, epoch, progress):
         x = precision.prepare_input(x).contiguous(memory_format=run.memory_format)
         with precision.autocast():
             logits = model(x)
@@ -225,23 +225,21 @@ def train_one_epoch(run: Run, epoch: int) -> dict:
         run.scheduler.step()
         if run.ema is not None:
             run.ema.update()
-        sums.add(loss.detach(), logits.detach(), y)
-        run.max_dev.update()
-    if run.device.type == "cuda":
-        torch.cuda.synchronize(run.device)  # count the kernels still queued in this epoch's training time
-    train_seconds, stats = time.perf_counter() - t0, scaler_stats(scaler)
-    return {"lr": lr, **sums.totals(), "train_seconds": train_seconds,
-            "skipped_steps": stats["skipped_steps"] - skipped_before, "loss_scale": stats["loss_scale"]}
+        progress.add(loss.detach(), logits.detach(), y)
+        end_of_step(run, progress)  # checkpoint every train.checkpoint_every_steps; SIGTERM/SIGUSR2: save, stop
+    return finish_epoch(run, progress)
 
 
-def _progress(run: Run, epoch: int, sums: EpochSums):
-    """The epoch's first ``steps_per_epoch`` training batches, behind a tqdm bar (``train.progress``, rank 0) showing
-    the loss so far and the lr (refreshed every ``console.POSTFIX_EVERY`` steps)."""
-    bar = tqdm(run.data.train, total=run.steps_per_epoch, desc=f"epoch {epoch + 1}/{run.cfg.train.epochs}",
-               leave=False, disable=not (run.cfg.train.progress and run.dist.is_main), dynamic_ncols=True)
+def _progress(run: Run, epoch: int, progress: EpochProgress):
+    """The epoch's training batches ``progress.step`` .. ``steps_per_epoch`` - 1 (the loader starts there), behind a
+    tqdm bar (``train.progress``, rank 0) showing the loss so far and the lr (every ``console.POSTFIX_EVERY`` steps)."""
+    start = progress.step
+    bar = tqdm(run.data.train, total=run.steps_per_epoch, initial=start,
+               desc=f"epoch {epoch + 1}/{run.cfg.train.epochs}", leave=False,
+               disable=not (run.cfg.train.progress and run.dist.is_main), dynamic_ncols=True)
     try:
-        for step, batch in enumerate(itertools.islice(bar, run.steps_per_epoch)):
-            set_train_postfix(bar, step, sums, run.optimizer.param_groups[0]["lr"])
+        for step, batch in enumerate(itertools.islice(bar, max(run.steps_per_epoch - start, 0)), start):
+            set_train_postfix(bar, step, progress.sums, run.optimizer.param_groups[0]["lr"])
             yield batch
     finally:
         bar.close()
@@ -274,7 +272,7 @@ def _epoch_row(run: Run, epoch: int) -> dict:
     evals = _evaluations(run)
     norms = run.recorder.record()
     row = {"epoch": epoch + 1, "lr": train["lr"], "train_loss": train["train_loss"], "train_acc": train["train_acc"],
-           **evals, "seconds": time.perf_counter() - t0,
+           **evals, "seconds": time.perf_counter() - t0 + train["seconds_before"],
            **{k: train[k] for k in ("train_seconds", "train_images", "nonfinite_images", "skipped_steps",
                                     "loss_scale")}, **run.recorder.summary(norms, train["lr"])}
     if run.max_dev:
@@ -298,10 +296,14 @@ def _evaluations(run: Run) -> dict:
 
 def fit(cfg: DictConfig, run_dir: str | Path, on_epoch=None) -> dict:
     """Train ``cfg`` in ``run_dir`` (resuming from its checkpoint if any); returns the metrics dict.
-    ``on_epoch(row)`` is called after every epoch's row is logged (benchmarks run other loops in between)."""
+    ``on_epoch(row)`` is called after every epoch's row is logged (benchmarks run other loops in between).
+    SIGTERM/SIGUSR2 meanwhile: a checkpoint after the current step, then :class:`~normrepro.preemption.Preempted`."""
     validate(cfg)
     try:
-        return _train(build_run(cfg, run_dir), on_epoch)
+        with PreemptionGuard() as guard:
+            run = build_run(cfg, run_dir)
+            run.guard = guard
+            return _train(run, on_epoch)
     finally:
         cleanup()
 
@@ -333,6 +335,8 @@ def _train(run: Run, on_epoch) -> dict:
             run.metrics.write(status="running")
         if run.cfg.train.checkpoint and main:
             _save_checkpoints(run)
+        if epoch + 1 < epochs:
+            stop_between_epochs(run, saved=bool(run.cfg.train.checkpoint))  # a signal during the test pass
     result = run.metrics.write(status=status) if main else {"status": status, "epochs": run.metrics.history}
     if main:
         run.recorder.save()

@@ -57,6 +57,8 @@ BAD_VALUES = [
     ("optim.schedule.milestones=[0.75,0.5]", "optim.schedule.milestones must be increasing"),
     ("optim.schedule.milestones=[8,3]", "optim.schedule.milestones must be increasing"),
     ("train.max_steps_per_epoch=0", "train.max_steps_per_epoch must be null or an integer >= 1, got 0"),
+    ("train.checkpoint_every_steps=-1", "train.checkpoint_every_steps must be an integer >= 0, got -1"),
+    ("train.checkpoint_every_steps=abc", "train.checkpoint_every_steps must be an integer >= 0, got 'abc'"),
     ("precision=fp16 optim.lr=70000", "optim.lr must be <= 65504"),
     ("+train.epoch=3", "unknown config key 'train.epoch'; train has: batch_size"),
     ("+foo=1", "unknown config key 'foo'; the top level has:"),

@@ -50,8 +50,8 @@ def test_resume_matches_uninterrupted(tmp_path, monkeypatch):
     resumed = fit(cfg, tmp_path / "resumed")
     keys = ("epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc")
     assert [[r[k] for k in keys] for r in resumed["epochs"]] == [[r[k] for k in keys] for r in full["epochs"]]
-    a = torch.load(tmp_path / "full" / "last.ckpt", weights_only=False)["model"]
-    b = torch.load(tmp_path / "resumed" / "last.ckpt", weights_only=False)["model"]
+    a = torch.load(tmp_path / "full" / "last.ckpt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "resumed" / "last.ckpt", weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 

@@ -3,7 +3,9 @@
 Workers decode JPEGs and return uint8 crops (4x less to copy than float); the device loader moves them
 (pinned, non-blocking) and normalizes there. Augmentation is seeded per (seed, epoch, image) rather than by
 the workers' global RNG, so batches are deterministic given (seed, epoch) whatever the worker count, with
-persistent workers too, and a resumed run sees what an uninterrupted one sees.
+persistent workers too, and a resumed run sees what an uninterrupted one sees. A mid-epoch resume at batch b
+starts the sampler b batches into the epoch's permutation (``set_epoch(epoch, start_batch=b)``): the skipped
+batches are neither loaded nor decoded, so resuming costs one permutation, not b batches of JPEG decoding.
 
 A corrupt or unreadable image stops the run (no skip-and-count: skipping would change the batches silently, and the
 paper's numbers assume the whole set): the first one a worker meets is one ``error:`` line naming its path (a
@@ -179,8 +181,11 @@ def imagenet_loaders(cfg, batch_size, eval_batch_size, device, seed, rank=0, wor
     def loader(samples, bs, train):
         ds = FolderImages(samples, size, train, seed, flip, min_scale, jitter)
         sampler = ShardSampler(len(ds), train, seed, rank, world_size)
+        # its own generator: a DataLoader draws its workers' base seed from the global torch RNG at every new
+        # iterator otherwise, which would shift dropout's random stream after a (mid-epoch) resume
         dl = DataLoader(ds, batch_size=bs, sampler=sampler, num_workers=workers, drop_last=train and drop_last,
-                        pin_memory=device.type == "cuda", persistent_workers=workers > 0)
+                        pin_memory=device.type == "cuda", persistent_workers=workers > 0,
+                        generator=torch.Generator().manual_seed(int(seed)))
         return DeviceLoader(dl, sampler, device, IMAGENET_MEAN, IMAGENET_STD)
 
     held_samples = []

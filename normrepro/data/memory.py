@@ -3,7 +3,8 @@ random crop + flip + normalization are done on whole batches there.
 
 All random numbers (permutation, crop offsets, flips) come from a CPU ``torch.Generator`` seeded by
 (seed, epoch), drawn once per epoch and moved to the device in one transfer: a run resumed at epoch e sees
-exactly the batches an uninterrupted run sees, on any device. Each random number belongs to a position of the
+exactly the batches an uninterrupted run sees, on any device; ``set_epoch(epoch, start_batch)`` starts an epoch at a
+batch of that plan (a mid-epoch resume). Each random number belongs to a position of the
 global permutation, and rank r takes positions r, r + world_size, ...: with a per-process batch of B/world_size,
 the ranks' batch b together is exactly the single-process batch b of size B.
 """
@@ -60,11 +61,12 @@ class InMemoryLoader:
         std = torch.tensor([float(s) for s in std], dtype=torch.float32, device=dev).view(1, -1, 1, 1)
         self.scale, self.shift = 1.0 / (255.0 * std), -mean / std  # x_float = uint8 * scale + shift
         self.padded = F.pad(images, (self.pad,) * 4) if self.pad > 0 else images
-        self.epoch = 0
+        self.epoch, self.start_batch = 0, 0
 
-    def set_epoch(self, epoch: int) -> None:
-        """The epoch whose shuffle and augmentation the next iteration draws (from (seed, epoch))."""
-        self.epoch = int(epoch)
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """The epoch whose shuffle and augmentation the next iteration draws (from (seed, epoch)), from its batch
+        ``start_batch`` on (a mid-epoch resume: the same plan, its first batches not built)."""
+        self.epoch, self.start_batch = int(epoch), int(start_batch)
 
     def _num_items(self) -> int:
         n = self.images.shape[0]
@@ -89,7 +91,7 @@ class InMemoryLoader:
     def __iter__(self):
         order, dy, dx, flip = self._epoch_plan()
         size = tuple(self.images.shape[-2:])
-        for b in range(len(self)):
+        for b in range(self.start_batch, len(self)):
             part = slice(b * self.batch_size, (b + 1) * self.batch_size)
             idx = order[part]
             if dy is None:

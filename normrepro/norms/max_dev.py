@@ -32,6 +32,16 @@ class MaxDevTracker:
             if m.last_max_dev is not None:
                 self._max[name] = torch.maximum(self._max[name], m.last_max_dev.float())
 
+    def state(self) -> dict[str, torch.Tensor]:
+        """The running maxima so far (CPU tensors) for a mid-epoch checkpoint."""
+        return {name: v.cpu() for name, v in self._max.items()}
+
+    def load_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Continue the epoch from :meth:`state` (layers it does not name start at 0)."""
+        for name in self._max:
+            if name in state:
+                self._max[name] = state[name].to(self.device)
+
     def summary(self) -> dict[str, float]:
         """{layer name: largest |x - mu| since ``start_epoch``} (one host sync)."""
         return {name: float(v) for name, v in self._max.items()}

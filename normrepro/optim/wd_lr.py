@@ -83,24 +83,30 @@ class ScaleInvariantSGD(torch.optim.SGD):
         self._steps, self._step_in_epoch = 1, 0
 
     def begin_epoch(self, epoch: int, reference: list[dict[str, torch.Tensor]], multiplier: float = 1.0,
-                    steps: int = 1) -> None:
+                    steps: int = 1, start: int = 0) -> None:
         """Set this (0-based) epoch's targets from the reference's recorded norms (entry per ``reference_epoch``,
-        interpolated to the next entry over ``steps`` steps with ``reference_interpolation=linear``)."""
+        interpolated to the next entry over ``steps`` steps with ``reference_interpolation=linear``); ``start``:
+        the optimizer steps of this epoch already taken (a mid-epoch resume)."""
         k = reference_index(epoch, self.reference_epoch)
         if k >= len(reference):
             raise ConfigError(f"optim.reference recorded {len(reference)} epoch boundaries; epoch {epoch + 1} with "
                               f"optim.reference_epoch={self.reference_epoch} needs entry {k}")
         end = reference[k + 1] if self.interpolate and k + 1 < len(reference) else None
-        self.set_targets(reference[k], multiplier, end, steps)
+        self.set_targets(reference[k], multiplier, end, steps, start)
 
     def set_targets(self, norms_by_layer: dict[str, torch.Tensor], multiplier: float = 1.0,
-                    end: dict[str, torch.Tensor] | None = None, steps: int = 1) -> None:
+                    end: dict[str, torch.Tensor] | None = None, steps: int = 1, start: int = 0) -> None:
         """Per-channel target norms for this epoch, keyed by layer name (weights are ``<layer>.weight``);
         with ``end``, the target at step i of ``steps`` is start + (i / steps)·(end - start)."""
         self._targets = {f"{layer}.weight": n for layer, n in norms_by_layer.items()}
         self._ends = None if end is None else {f"{layer}.weight": n for layer, n in end.items()}
         self.multiplier = float(multiplier)
-        self._steps, self._step_in_epoch = max(int(steps), 1), 0
+        self._steps, self._step_in_epoch = max(int(steps), 1), int(start)
+
+    @property
+    def step_in_epoch(self) -> int:
+        """Optimizer steps taken since this epoch's targets were set (a loss scaler's skipped steps do not count)."""
+        return self._step_in_epoch
 
     def _target(self, name: str, device) -> torch.Tensor:
         t = self._targets[name].to(device)
@@ -198,7 +204,8 @@ class ReferenceTargets:
         norms = load_reference(optim_cfg.reference, {n: int(m.weight.shape[0]) for n, m in si_layers}, needed)
         return cls(norms, dict(optim_cfg.schedule), epochs, steps_per_epoch)
 
-    def apply(self, optimizer: ScaleInvariantSGD, epoch: int) -> None:
-        """Set 0-based epoch ``epoch``'s targets on ``optimizer`` (the entry its ``reference_epoch`` picks)."""
+    def apply(self, optimizer: ScaleInvariantSGD, epoch: int, start: int = 0) -> None:
+        """Set 0-based epoch ``epoch``'s targets on ``optimizer`` (the entry its ``reference_epoch`` picks);
+        ``start``: the optimizer steps of this epoch already taken (a mid-epoch resume)."""
         optimizer.begin_epoch(epoch, self.norms, lr_factor(epoch, self.schedule, self.epochs) ** -0.5,
-                              self.steps_per_epoch)
+                              self.steps_per_epoch, start)
