@@ -58,7 +58,8 @@ def checkpoint_path(ckpt: str | Path) -> Path:
     if path.is_dir():
         if not (path / CKPT_NAME).is_file():
             found = sorted(p.name for p in path.glob("*.ckpt"))
-            hint = f"; it holds {', '.join(found)}: pass ckpt=<that file>" if found else " (train with train.checkpoint=true)"
+            hint = (f"; it holds {', '.join(found)}: pass ckpt=<that file>" if found
+                    else " (train with train.checkpoint=true)")
             raise ConfigError(f"ckpt={str(ckpt)!r}: no checkpoint {CKPT_NAME} in this run dir{hint}")
         return path / CKPT_NAME
     if not path.is_file():
