@@ -57,7 +57,7 @@ def test_installed_wheel_trains_evaluates_and_reports_from_another_folder(instal
     run_dir = elsewhere / "runs" / "l1"
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["status"] == "completed" and (run_dir / "last.ckpt").is_file() and (run_dir / "train.log").is_file()
-    assert metrics["env"]["norm"] == "l1"
+    assert metrics["env"]["norm"] == "l1" and metrics["env"]["git_commit"] == "unknown"  # no checkout of normrepro
     out = run([str(bin_dir / "normrepro-eval"), f"ckpt={run_dir}"], elsewhere, env).stdout
     evaluated = json.loads((run_dir / "eval.json").read_text())
     assert evaluated["test_acc"] == metrics["final"]["test_acc"] and "top5" in out
