@@ -1,9 +1,11 @@
 """``normrepro-eval ckpt=<run dir or .ckpt> [dataset.<key>=v] [max_batches=N]``: test a trained run's checkpoint.
 
 The model is rebuilt from the resolved config the checkpoint stores (as ``trainer.build_model_for`` builds it), its
-weights loaded with ``weights_only`` (``normrepro.safe_load``), and ``trainer.evaluate`` runs over the test split; a
-hook on the model counts top-5 in the same pass. Prints loss, top-1 and top-5 and writes ``eval.json`` (atomically)
-beside the checkpoint. Bad input (no checkpoint, one of another model, an unknown key): one ``error:`` line, exit 2.
+weights (``weights=ema``: the EMA of the weights, ``train.ema_decay``) loaded with ``weights_only``
+(``normrepro.safe_load``), and ``trainer.evaluate`` runs over the test split (and the validation split of a run with
+``train.val_fraction``); a hook on the model counts top-5 in the same pass. Prints loss, top-1 and top-5 and writes
+``eval.json`` (atomically) beside the checkpoint. Bad input (no checkpoint, one of another model, an unknown key):
+one ``error:`` line, exit 2.
 """
 from __future__ import annotations
 
@@ -23,15 +25,16 @@ from normrepro.safe_load import safe_torch_load
 from normrepro.utils.io import atomic_write_json
 
 EVAL_NAME = "eval.json"
-OPTIONS = ("ckpt", "max_batches", "device")  # the keys of eval itself; the others override the run's config
+OPTIONS = ("ckpt", "max_batches", "device", "weights")  # the keys of eval itself; the others override the run's config
 OVERRIDABLE = ("dataset.", "train.eval_batch_size")  # what of the run's config may be overridden (data location, ...)
+WEIGHTS = ("raw", "ema")
 USAGE = ("usage: normrepro-eval ckpt=<run dir or .ckpt file> [max_batches=N] [device=auto|cpu|cuda] "
-         "[dataset.<key>=<value> ...] [train.eval_batch_size=N]")
+         "[weights=raw|ema] [dataset.<key>=<value> ...] [train.eval_batch_size=N]")
 
 
 def parse_args(argv: Sequence[str]) -> tuple[dict, dict]:
     """``key=value`` arguments as (eval options, config overrides); values parsed as YAML (like Hydra)."""
-    options, overrides = {"max_batches": None, "device": "auto"}, {}
+    options, overrides = {"max_batches": None, "device": "auto", "weights": "raw"}, {}
     for arg in argv:
         key, sep, text = arg.partition("=")
         if not sep or not key:
@@ -49,6 +52,8 @@ def parse_args(argv: Sequence[str]) -> tuple[dict, dict]:
     mb = options["max_batches"]
     if mb is not None and (isinstance(mb, bool) or not isinstance(mb, int) or mb < 1):
         raise ConfigError(f"max_batches must be an integer >= 1 (or null: the whole test split), got {mb!r}")
+    if options["weights"] not in WEIGHTS:
+        raise choice_error("weights", options["weights"], WEIGHTS)
     return options, overrides
 
 
@@ -74,6 +79,17 @@ def load_state(path: Path) -> dict:
     if problem:
         raise ConfigError(f"damaged checkpoint {str(path)!r}: {problem}")
     return state
+
+
+def model_weights(state: dict, weights: str, path: Path) -> dict:
+    """The state dict to test: the model's (``raw``) or the EMA's (``ema``, an ``AveragedModel`` state)."""
+    if weights == "raw":
+        return state["model"]
+    ema = state.get("ema")
+    if not isinstance(ema, dict):
+        raise ConfigError(f"weights=ema: checkpoint {str(path)!r} holds no EMA of the weights (train.ema_decay was "
+                          f"off); use weights=raw")
+    return {k.removeprefix("module."): v for k, v in ema.items() if k.startswith("module.")}
 
 
 def run_config(state: dict, overrides: dict):
@@ -117,8 +133,9 @@ class TopkCounter:
 
 
 def evaluate_checkpoint(ckpt: str | Path, overrides: dict | None = None, max_batches: int | None = None,
-                        device: str = "auto") -> dict:
-    """Rebuild the run's model, load ``ckpt`` and test it: {"test_loss", "test_acc", "test_top5", "images", ...}."""
+                        device: str = "auto", weights: str = "raw") -> dict:
+    """Rebuild the run's model, load ``ckpt`` and test it: {"test_loss", "test_acc", "test_top5", "images", ...};
+    a run with a validation split also gets val_loss, val_acc, val_top5."""
     from normrepro.data import build_data
     from normrepro.precision import build_precision
     from normrepro.trainer import build_model_for, evaluate, resolve_device, seed_everything
@@ -128,21 +145,28 @@ def evaluate_checkpoint(ckpt: str | Path, overrides: dict | None = None, max_bat
     cfg = run_config(state, overrides or {})
     dev = resolve_device(str(device))
     seed_everything(int(cfg.seed), bool(cfg.deterministic))
-    data = build_data(cfg.dataset, int(cfg.train.batch_size), int(cfg.train.eval_batch_size), dev, int(cfg.seed))
+    split = {"val_fraction": float(cfg.train.val_fraction)} if cfg.train.get("val_fraction") else {}  # its statistics
+    data = build_data(cfg.dataset, int(cfg.train.batch_size), int(cfg.train.eval_batch_size), dev, int(cfg.seed),
+                      **split)
     precision = build_precision(cfg.precision, dev)
     memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
     model = precision.prepare_model(build_model_for(cfg, data.num_classes, data.in_channels)
                                     .to(dev, memory_format=memory_format))
+    weights_state = model_weights(state, weights, path)
     try:
-        model.load_state_dict(state["model"])
+        model.load_state_dict(weights_state)
     except (RuntimeError, ValueError, KeyError) as e:
         raise ConfigError(f"checkpoint {str(path)!r} does not match the model of its config "
                           f"({str(e).strip().splitlines()[0]}); was it written by another model?") from None
-    counter = TopkCounter(model, data.test, 5, max_batches)
-    test_loss, test_acc = evaluate(model, counter, precision, memory_format)
-    return {"ckpt": path.name, "epoch": int(state["epoch"]), "test_loss": test_loss, "test_acc": test_acc,
-            "test_top5": counter.accuracy(), "images": counter.images, "num_test": data.num_test,
-            "max_batches": max_batches, "overrides": [f"{k}={v}" for k, v in (overrides or {}).items()]}
+    result = {"ckpt": path.name, "weights": weights, "epoch": int(state["epoch"])}
+    splits = {"test": data.test, **({"val": data.val} if getattr(data, "val", None) is not None else {})}
+    for split_name, loader in splits.items():
+        counter = TopkCounter(model, loader, 5, max_batches)
+        loss, acc = evaluate(model, counter, precision, memory_format)
+        result.update({f"{split_name}_loss": loss, f"{split_name}_acc": acc, f"{split_name}_top5": counter.accuracy()})
+        result["images" if split_name == "test" else "val_images"] = counter.images
+    return {**result, "num_test": data.num_test, "max_batches": max_batches,
+            "overrides": [f"{k}={v}" for k, v in (overrides or {}).items()]}
 
 
 def main(argv: Sequence[str]) -> Path:
@@ -150,11 +174,14 @@ def main(argv: Sequence[str]) -> Path:
     from normrepro.utils.env import git_commit
 
     options, overrides = parse_args(argv)
-    result = evaluate_checkpoint(options["ckpt"], overrides, options["max_batches"], options["device"])
+    result = evaluate_checkpoint(options["ckpt"], overrides, options["max_batches"], options["device"],
+                                 options["weights"])
     out = checkpoint_path(options["ckpt"]).parent / EVAL_NAME
     atomic_write_json(out, {**result, "git_commit": git_commit()})
-    print(f"{result['ckpt']} (epoch {result['epoch']}): test_acc {result['test_acc']:.2f} top5 "
-          f"{result['test_top5']:.2f} loss {result['test_loss']:.4f} on {result['images']} images -> {out}")
+    val = f"val_acc {result['val_acc']:.2f} " if "val_acc" in result else ""
+    print(f"{result['ckpt']} ({result['weights']} weights, epoch {result['epoch']}): {val}test_acc "
+          f"{result['test_acc']:.2f} top5 {result['test_top5']:.2f} loss {result['test_loss']:.4f} on "
+          f"{result['images']} images -> {out}")
     return out
 
 

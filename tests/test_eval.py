@@ -11,6 +11,8 @@ from normrepro.trainer import fit
 from tests.helpers.config import TINY, compose_cfg
 
 RUN = TINY + ["train.epochs=2", "train.num_threads=1", "train.eval_batch_size=100", "norm=l1"]
+# train.val_fraction and train.ema_decay come with the trainer side of issue 13 (another branch of the same issue)
+HAS_VAL_EMA = {"val_fraction", "ema_decay"} <= set(compose_cfg(TINY).train)
 
 
 @pytest.fixture(scope="module")
@@ -71,4 +73,23 @@ def test_eval_bad_input_is_one_line(run_dir, tmp_path, capsys):
     assert "does not match the model of its config" in error_of([f"ckpt={other}"], capsys)
     (tmp_path / "junk.ckpt").write_bytes(b"not a checkpoint")
     assert "corrupt checkpoint" in error_of([f"ckpt={tmp_path / 'junk.ckpt'}"], capsys)
+    assert "holds no EMA" in error_of([f"ckpt={run_dir}", "weights=ema"], capsys)
+    assert "unknown weights 'best'" in error_of([f"ckpt={run_dir}", "weights=best"], capsys)
     assert not any(p.name == EVAL_NAME for p in tmp_path.rglob("*"))
+
+
+def test_eval_help(capsys):
+    entry(["--help"])
+    assert "usage: normrepro-eval ckpt=<run dir or .ckpt file>" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not HAS_VAL_EMA, reason="needs train.val_fraction and train.ema_decay (trainer side of issue 13)")
+def test_eval_of_a_run_with_a_validation_split_and_an_ema(tmp_path):
+    """The held-out split (its normalization statistics are the reduced training split's) and the EMA weights
+    evaluate to the run's own numbers."""
+    fit(compose_cfg(RUN + ["train.val_fraction=0.2", "train.ema_decay=0.5"]), tmp_path)
+    last = json.loads((tmp_path / "metrics.json").read_text())["epochs"][-1]
+    raw = evaluate_checkpoint(tmp_path)
+    assert raw["test_acc"] == last["test_acc"] and raw["val_acc"] == last["val_acc"] and raw["val_images"] > 0
+    ema = evaluate_checkpoint(tmp_path, weights="ema")
+    assert ema["test_acc"] == last["ema_test_acc"] and ema["weights"] == "ema"
