@@ -116,6 +116,10 @@ class TopkCounter:
         self.hits, self.images, self._labels = 0, 0, None
         self._handle = model.register_forward_hook(self._count)
 
+    def __len__(self) -> int:
+        n = len(self.loader)
+        return n if self.max_batches is None else min(n, self.max_batches)
+
     def __iter__(self):
         for x, y in itertools.islice(self.loader, self.max_batches):
             self._labels = y
