@@ -1,6 +1,7 @@
 """The command line and library use (issue 13): ``train.py --help``, the Optuna search, the README's own-model
 example (run, and the README's copy equal to the file), the converter's unknown-norm error."""
 import json
+import os
 import runpy
 import subprocess
 import sys
@@ -45,6 +46,18 @@ def test_help_examples_compose(help_text):
         for o in overrides:
             key, value = o.split("=")
             assert key not in choices or choices[key] == value, o
+
+
+def test_tab_completion_of_the_thin_wrapper():
+    """What the bash completion that ``-sc install=bash`` installs asks train.py for ``python train.py norm=l<TAB>``."""
+    line = "python train.py norm=l"
+    proc = subprocess.run([sys.executable, "train.py", "-sc", "query=bash"], cwd=REPO, capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "COMP_LINE": line, "COMP_POINT": str(len(line))})
+    assert proc.returncode == 0, proc.stderr
+    assert {"norm=l1", "norm=l2", "norm=linf"} <= set(proc.stdout.split())
+    script = subprocess.run([sys.executable, "train.py", "-sc", "install=bash"], cwd=REPO, capture_output=True,
+                            text=True, timeout=120).stdout
+    assert script.rstrip().endswith("-F hydra_bash_completion python")
 
 
 def test_optuna_experiment_composes_for_every_norm():

@@ -66,3 +66,5 @@ def test_installed_wheel_trains_evaluates_and_reports_from_another_folder(instal
     assert "l1" in table and (elsewhere / "tables" / "l1.csv").is_file()
     help_text = run([str(bin_dir / "normrepro-train"), "--help"], elsewhere, env).stdout
     assert "== Examples ==" in help_text
+    completion = run([str(bin_dir / "normrepro-train"), "-sc", "install=bash"], elsewhere, env).stdout
+    assert completion.rstrip().endswith("-F hydra_bash_completion normrepro-train")
