@@ -1,4 +1,6 @@
-"""Entry point behind ``train.py``: check the config, lock the run dir, train, map failures to one line and exit codes.
+"""Entry point of ``normrepro-train`` and ``train.py``: check the config, lock the run dir, train, map failures to one
+line and exit codes. :func:`train_entry` is the console script; :func:`hydra_main` the Hydra app (configs: the
+packaged ``normrepro/conf``, so an installed wheel needs no checkout).
 
 Exit codes: 0 completed; 2 bad input (``error: ...``: config value, unreadable or unsafe file, unusable run dir,
 full disk; Hydra's own errors too); 3 diverged (``metrics.json``: status diverged, ``env.diverged`` the reason);
@@ -15,6 +17,7 @@ import os
 import sys
 from pathlib import Path
 
+import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from normrepro.config_check import check_config
@@ -26,6 +29,7 @@ from normrepro.run_lock import acquire_run_lock, release_run_lock
 from normrepro.utils.io import atomic_write_json, atomic_write_text, remove_stale_temp_files
 
 log = logging.getLogger(__name__)
+CONF_DIR = Path(__file__).resolve().with_name("conf")  # the packaged configs (a file path: editable or installed)
 _STATUSES: list[str] = []  # status of every run this process trained (a multirun's jobs, in-process launchers)
 _TASK_RAISED: list[BaseException] = []  # exceptions that escaped the training code (bugs: keep their traceback)
 
@@ -186,3 +190,14 @@ def entry(hydra_main) -> None:
         sys.exit(EXIT_BAD_INPUT)
     if "diverged" in _STATUSES:
         sys.exit(EXIT_DIVERGED)
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
+def hydra_main(cfg: DictConfig) -> float | None:
+    """The Hydra app: ``normrepro-train norm=l1 precision=fp16`` (``--help`` lists the groups)."""
+    return main(cfg)
+
+
+def train_entry() -> None:
+    """Console script ``normrepro-train`` (and ``python train.py``)."""
+    entry(hydra_main)

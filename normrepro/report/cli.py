@@ -150,3 +150,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     wrote = [display_path(p) for p in (report.md, report.csv, *report.figures.values())]
     print(f"wrote {', '.join(wrote)}: {report.counts()}")
     return 0
+
+
+def entry() -> None:
+    """Console script ``normrepro-report`` (= ``python -m normrepro.report``)."""
+    sys.exit(main())

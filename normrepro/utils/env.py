@@ -12,12 +12,14 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def git_commit() -> str:
-    """``<sha>`` or ``<sha>-dirty``; ``unknown`` outside a git checkout."""
+    """``<sha>`` or ``<sha>-dirty``; ``unknown`` outside a git checkout of normrepro (an installed wheel, even in a
+    venv inside another repository)."""
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
-                             timeout=10).stdout.strip()
-        if not sha:
+        out = subprocess.run(["git", "rev-parse", "--show-toplevel", "HEAD"], cwd=REPO_ROOT, capture_output=True,
+                             text=True, timeout=10).stdout.split()
+        if len(out) != 2 or Path(out[0]).resolve() != REPO_ROOT:
             return "unknown"
+        sha = out[1]
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
                                capture_output=True, text=True, timeout=10).stdout.strip()
         return sha + ("-dirty" if dirty else "")
