@@ -37,6 +37,7 @@ class WeightNormRecorder:
         self.norms: list[dict[str, torch.Tensor]] = []
 
     def record(self) -> dict[str, torch.Tensor]:
+        """Record every layer's per-channel norms now (one epoch boundary); returns them."""
         norms = {name: channel_norms(m.weight.detach()).cpu() for name, m in self.layers}
         self.norms.append(norms)
         return norms
@@ -51,12 +52,15 @@ class WeightNormRecorder:
                 "eff_lr": {name: lr * norms[name].numel() / t if t > 0 else float("inf") for name, t in total.items()}}
 
     def state(self) -> dict:
+        """The recorded norms with each layer's channel count (what weight_norms.pt holds)."""
         return {"layers": {name: int(m.weight.shape[0]) for name, m in self.layers}, "norms": self.norms}
 
     def save(self) -> None:
+        """Write weight_norms.pt atomically."""
         atomic_torch_save(self.state(), self.path)
 
     def load_state(self, state: dict) -> None:
+        """Continue from a checkpoint's recorded norms."""
         self.norms = list(state["norms"])
 
 

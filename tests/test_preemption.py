@@ -159,9 +159,9 @@ def test_periodic_checkpoint_survives_a_kill(tmp_path, tmp_path_factory, monkeyp
 def test_signal_during_the_test_pass_stops_at_the_epoch_end(tmp_path, tmp_path_factory, monkeypatch):
     real_evaluate = trainer.evaluate
 
-    def evaluate_then_signal(*args):
+    def evaluate_then_signal(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGTERM)
-        return real_evaluate(*args)
+        return real_evaluate(*args, **kwargs)
 
     monkeypatch.setattr(trainer, "evaluate", evaluate_then_signal)
     with pytest.raises(Preempted):

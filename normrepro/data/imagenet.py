@@ -110,6 +110,7 @@ class ShardSampler(Sampler):
         self.epoch, self.skip = 0, 0
 
     def set_epoch(self, epoch, skip=0):
+        """Shuffle for ``epoch`` and start ``skip`` batches into it (a mid-epoch resume)."""
         self.epoch, self.skip = int(epoch), int(skip)
 
     def __len__(self):

@@ -64,6 +64,7 @@ def make_synthetic(num_train, num_test, num_classes, image_size, channels, noise
     templates = (templates - templates.mean((1, 2, 3), keepdim=True)) / templates.flatten(1).std(1).view(-1, 1, 1, 1)
 
     def split(n, stream):
+        """``n`` synthetic images and their labels for one split, drawn from its own seeded stream."""
         g = torch.Generator().manual_seed(mix_seed(data_seed, stream))
         y = (torch.arange(n) % k)[torch.randperm(n, generator=g)]
         x = torch.empty(n, c, size, size, dtype=torch.uint8)
@@ -138,6 +139,7 @@ def load_cifar_uint8(name: str, root: str, download: bool):
                           f"dataset.download=true on a machine with internet")
 
     def read(names):
+        """Images and labels of the named CIFAR batch files, concatenated."""
         parts = [_read_cifar_batch(folder / f, spec["label_key"], spec["classes"]) for f in names]
         return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 

@@ -62,6 +62,7 @@ def parse_norms(spec) -> list[str]:
 
 
 def parse_scales(spec) -> list[float]:
+    """The pre-norm scales K from a comma-separated string or a list; ConfigError if not positive."""
     vals = [s.strip() for s in spec.split(",")] if isinstance(spec, str) else list(spec)
     out = []
     for v in vals:
@@ -194,6 +195,7 @@ def _fmt(v) -> str:
 
 
 def rows_to_csv(rows: list[dict]) -> str:
+    """The probe's rows as CSV text."""
     lines = [",".join(COLUMNS)]
     for r in rows:
         lines.append(",".join(r[c] if isinstance(r[c], str) else repr(float(r[c])) for c in COLUMNS))
@@ -201,6 +203,7 @@ def rows_to_csv(rows: list[dict]) -> str:
 
 
 def rows_to_markdown(rows: list[dict], columns=COLUMNS) -> str:
+    """The probe's rows as a Markdown table of ``columns``."""
     out = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for r in rows:
         cells = []
@@ -299,6 +302,7 @@ def summary_lines(rows: list[dict]) -> list[str]:
 
 
 def render_markdown(rows: list[dict], command: str, env: dict, shape, seed: int, spread: float) -> str:
+    """The probe's Markdown report: table, command, machine, shape, seed."""
     lines = [
         "# Float16 probe of the normalization layers",
         "",

@@ -145,6 +145,7 @@ class ScaleInvariantSGD(torch.optim.SGD):
 
     @torch.no_grad()
     def step(self, closure=None):
+        """One SGD step; flagged groups follow the reference (lr_correction or norm_schedule)."""
         loss = None
         if closure is not None:
             with torch.enable_grad():

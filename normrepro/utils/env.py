@@ -28,6 +28,7 @@ def git_commit() -> str:
 
 
 def device_name(device: torch.device) -> str:
+    """The GPU's name for a CUDA device, else the CPU's."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     cpu = platform.processor() or platform.machine()
@@ -35,5 +36,6 @@ def device_name(device: torch.device) -> str:
 
 
 def run_env(device: torch.device) -> dict:
+    """Where a run ran: git commit, torch and python versions, device, host."""
     return {"git_commit": git_commit(), "torch": torch.__version__, "device": device_name(device),
             "python": platform.python_version(), "host": platform.node()}
