@@ -325,6 +325,10 @@ def test_short_labels_never_show_override_strings():
     twins = short_labels([({"norm": "l2"}, ("experiment=x", "optim.lr=0.1"), "a"),
                           ({"norm": "l2"}, ("experiment=x", "optim.lr=0.2"), "b")], keys)
     assert twins == ["L2 · lr 0.1", "L2 · lr 0.2"]
+    # norm=l2_lp composes to norm.name l2 (impl lp): the override names the norm, never a raw override string
+    lp = short_labels([({"norm": "l2", "precision": "fp16"}, ("norm=l2", "precision=fp16"), "a"),
+                       ({"norm": "l2", "precision": "fp16"}, ("norm=l2_lp", "precision=fp16"), "b")], keys)
+    assert lp == ["L2", "L2 (lp)"]
 
 
 def test_figures_use_fixed_norm_colours(tmp_path, sweep):

@@ -23,6 +23,16 @@ OVERRIDE_LABELS = {"dataset.std": "raw pixels", "dataset.mean": None}
 LABEL_SETTINGS = ("dataset", "model", "precision", "loss_scaling", "arm", "weight_norm", "l1_scale")
 
 
+def group_norm(settings: dict, overrides: Sequence[str] = ()):
+    """The group's norm option: ``norm=<x>`` among its overrides when it names a known norm (``l2_lp`` composes to
+    norm.name l2 with impl lp), else the settings' norm."""
+    for o in overrides:
+        key, value = override_key_value(o)
+        if key == "norm" and norm_name(value) in NORM_LABELS:
+            return value
+    return settings.get("norm")
+
+
 def norm_label(norm) -> str:
     """"L2", "L1", "L∞", "Top-k", ... for a norm name."""
     return NORM_LABELS.get(norm_name(norm), show(norm)) if norm is not None else "?"
@@ -79,7 +89,7 @@ def short_labels(items: Sequence[tuple[dict, Sequence[str], str]], settings_keys
     common = set.intersection(*(set(o) for _, o, _ in items)) if items else set()
     labels = []
     for settings, overrides, name in items:
-        parts = [norm_label(settings.get("norm"))]
+        parts = [norm_label(group_norm(settings, overrides))]
         parts += [x for k in differing if (x := _setting_label(k, settings.get(k), settings))]
         for o in overrides:
             key = override_key_value(o)[0]

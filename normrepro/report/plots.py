@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from normrepro.report.aggregate import Group
-from normrepro.report.labels import norm_color
+from normrepro.report.labels import group_norm, norm_color
 from normrepro.report.values import primary
 from normrepro.utils.io import atomic_write_bytes
 
@@ -67,10 +67,10 @@ def _styles(groups: Sequence[Group]) -> dict[str, tuple[str, str, str]]:
     seen: dict[str, int] = {}
     out = {}
     for g in groups:
-        norm = str(g.settings.get("norm"))
+        norm = str(group_norm(g.settings, g.overrides))
         i = seen.get(norm, 0)
         seen[norm] = i + 1
-        out[g.name] = (norm_color(g.settings.get("norm")), LINESTYLES[i % len(LINESTYLES)], MARKERS[i % len(MARKERS)])
+        out[g.name] = (norm_color(norm), LINESTYLES[i % len(LINESTYLES)], MARKERS[i % len(MARKERS)])
     return out
 
 
@@ -162,7 +162,7 @@ def plot_vs_paper(panels: Sequence[tuple[str, Sequence[Group]]], path: str | os.
                 labels.append(g.label)
             pd = _paper_error_delta(g)
             if pd is not None and g.label not in paper_pts:
-                paper_pts[g.label] = (*pd, norm_color(g.settings.get("norm")))
+                paper_pts[g.label] = (*pd, norm_color(group_norm(g.settings, g.overrides)))
     if not labels:
         return None
     cols = [(_paper_panel_title(panels), None)] + [(name, groups) for name, groups in panels]
@@ -179,7 +179,7 @@ def plot_vs_paper(panels: Sequence[tuple[str, Sequence[Group]]], path: str | os.
             for g in groups:
                 if (d := _as_error_diff(g)) is not None and g.label in labels:
                     ax.errorbar([d[0]], [labels.index(g.label)], xerr=[[d[0] - d[1]], [d[2] - d[0]]], fmt="o",
-                                color=norm_color(g.settings.get("norm")), capsize=4)
+                                color=norm_color(group_norm(g.settings, g.overrides)), capsize=4)
             ax.set_xlabel("Δ error vs our baseline\n(95 % CI)", fontsize=8)
         ax.axvline(0.0, color="k", lw=0.8)
         ax.set_title(name, fontsize=9)
