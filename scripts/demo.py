@@ -52,7 +52,9 @@ def lp_table(sweep: Path, out: Path) -> list[str]:
 
 def fp16_probe(out: Path, shape: str | None) -> list[str]:
     """The fp16 probe into ``out``/fp16_probe.*; its summary lines."""
-    cmd = [sys.executable, "scripts/fp16_probe.py", "--out-dir", str(out), "--no-progress"]
+    where = out.resolve()
+    where = where.relative_to(REPO) if where.is_relative_to(REPO) else where  # no machine path in the probe's table
+    cmd = [sys.executable, "scripts/fp16_probe.py", "--out-dir", str(where), "--no-progress"]
     cmd += ["--shape", shape] if shape else []
     proc = subprocess.run(cmd, cwd=REPO, check=True, capture_output=True, text=True)
     return [line for line in proc.stdout.strip().splitlines() if line.startswith("- ")]
