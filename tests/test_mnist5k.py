@@ -133,5 +133,5 @@ def test_train_py_runs_two_steps_on_mnist5k(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     m = json.loads((run_dir / "metrics.json").read_text())
     assert m["status"] == "completed" and m["data"] == {"name": "mnist5k", "image_size": 32, "num_train": 4000,
-                                                          "num_test": 1000, "num_classes": 10}
+                                                          "num_val": 0, "num_test": 1000, "num_classes": 10}
     assert m["epochs"][0]["train_images"] == 64 and 0 <= m["final"]["test_acc"] <= 100
