@@ -12,7 +12,6 @@ import torch.nn.functional as F
 from PIL import Image
 from torchvision.transforms import functional as TF
 
-from normrepro import trainer
 from normrepro.config_check import check_config
 from normrepro.data import build_data
 from normrepro.data.imagenet import FolderImages, color_jitter, random_resized_crop_params
@@ -22,6 +21,7 @@ from normrepro.resume_check import flatten
 from normrepro.trainer import build_run, fit, train_one_epoch
 from tests.helpers.config import TINY, compose_cfg, group_choices, group_options
 from tests.helpers.data import write_cifar, write_imagenet
+from tests.helpers.resume import crash_then_resume
 
 EXPERIMENTS = [o.split("=", 1)[1] for o in group_options("experiment")]
 CPU = torch.device("cpu")
@@ -181,18 +181,7 @@ def test_wd_zero_epoch_resumes_exactly(tmp_path, monkeypatch):
     cfg = compose_cfg(TINY + ["train.epochs=3", "train.max_steps_per_epoch=1", "optim.weight_decay=0.05",
                               "optim.wd_zero_epoch=1", "optim.schedule.name=constant"])
     full = fit(cfg, tmp_path / "full")
-    real_save = trainer.save_checkpoint
-
-    def crash_after_epoch_2(path, state):
-        real_save(path, state)
-        if state["epoch"] == 2:
-            raise KeyboardInterrupt("simulated crash")
-
-    monkeypatch.setattr(trainer, "save_checkpoint", crash_after_epoch_2)
-    with pytest.raises(KeyboardInterrupt):
-        fit(cfg, tmp_path / "resumed")
-    monkeypatch.setattr(trainer, "save_checkpoint", real_save)
-    resumed = fit(cfg, tmp_path / "resumed")
+    resumed = crash_then_resume(cfg, tmp_path / "resumed", monkeypatch, 2)
     assert [r["train_loss"] for r in resumed["epochs"]] == [r["train_loss"] for r in full["epochs"]]
     a = torch.load(tmp_path / "full" / "last.ckpt", weights_only=False)
     b = torch.load(tmp_path / "resumed" / "last.ckpt", weights_only=False)

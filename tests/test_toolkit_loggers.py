@@ -6,33 +6,12 @@ import re
 import pytest
 from omegaconf import OmegaConf
 
-from normrepro import loggers, trainer
+from normrepro import loggers
 from normrepro.trainer import fit
 from tests.helpers.config import TINY, compose_cfg
+from tests.helpers.resume import crash_then_resume
 
 RESUMABLE = TINY + ["optim.schedule.name=constant"]  # train.epochs may then grow on resume
-
-
-def crash_after(monkeypatch, epoch):
-    """Make fit raise KeyboardInterrupt right after it wrote last.ckpt of ``epoch``; returns the undo."""
-    real_save = trainer.save_checkpoint
-
-    def save(path, state):
-        real_save(path, state)
-        if state["epoch"] == epoch and path.name == "last.ckpt":
-            raise KeyboardInterrupt("simulated crash")
-
-    monkeypatch.setattr(trainer, "save_checkpoint", save)
-    return lambda: monkeypatch.setattr(trainer, "save_checkpoint", real_save)
-
-
-def crash_then_resume(cfg, run_dir, monkeypatch, epochs_before_crash: int) -> dict:
-    """Train ``cfg`` until a crash after ``epochs_before_crash`` checkpoints, then resume it to the end."""
-    undo = crash_after(monkeypatch, epochs_before_crash)
-    with pytest.raises(KeyboardInterrupt):
-        fit(cfg, run_dir)
-    undo()
-    return fit(cfg, run_dir)
 
 
 def test_csv_logger_one_row_per_epoch_across_a_resume(tmp_path, monkeypatch):

@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from normrepro import cli, trainer
+from normrepro import cli
 from normrepro.best import best_of, is_new_best
 from normrepro.checkpoint import load_checkpoint
 from normrepro.data import build_data
@@ -13,6 +13,7 @@ from normrepro.ema import WeightEMA
 from normrepro.precision import build_precision
 from normrepro.trainer import evaluate, fit
 from tests.helpers.config import TINY, compose_cfg, dataset_cfg
+from tests.helpers.resume import crash_then_resume
 
 CPU = torch.device("cpu")
 
@@ -110,18 +111,7 @@ def test_ema_columns_and_exact_resume(tmp_path, monkeypatch):
     cfg = compose_cfg(over)
     full = fit(cfg, tmp_path / "full")
     assert all({"ema_test_loss", "ema_test_acc"} <= set(r) for r in full["epochs"])
-    real_save = trainer.save_checkpoint
-
-    def crash_after_epoch_1(path, state):
-        real_save(path, state)
-        if state["epoch"] == 1 and path.name == "last.ckpt":
-            raise KeyboardInterrupt("simulated crash")
-
-    monkeypatch.setattr(trainer, "save_checkpoint", crash_after_epoch_1)
-    with pytest.raises(KeyboardInterrupt):
-        fit(cfg, tmp_path / "resumed")
-    monkeypatch.setattr(trainer, "save_checkpoint", real_save)
-    resumed = fit(cfg, tmp_path / "resumed")
+    resumed = crash_then_resume(cfg, tmp_path / "resumed", monkeypatch, 1)
     keys = ("train_loss", "test_acc", "ema_test_loss", "ema_test_acc")
     assert [[r[k] for k in keys] for r in resumed["epochs"]] == [[r[k] for k in keys] for r in full["epochs"]]
     a, b = (load_checkpoint(tmp_path / d / "last.ckpt")["ema"] for d in ("full", "resumed"))

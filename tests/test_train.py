@@ -7,10 +7,10 @@ import sys
 import pytest
 import torch
 
-from normrepro import trainer
 from normrepro.errors import ConfigError
 from normrepro.trainer import fit
 from tests.helpers.config import REPO, TINY, compose_cfg
+from tests.helpers.resume import crash_after
 
 
 def test_digits_run_learns(tmp_path):
@@ -34,18 +34,10 @@ def test_resume_matches_uninterrupted(tmp_path, monkeypatch):
                    "model.dropout=0.1", "model=wrn", "model.depth=10", "model.widen_factor=1", "model.width=4"]
     cfg = compose_cfg(over)
     full = fit(cfg, tmp_path / "full")
-
-    real_save = trainer.save_checkpoint
-
-    def crash_after_epoch_2(path, state):
-        real_save(path, state)
-        if state["epoch"] == 2:
-            raise KeyboardInterrupt("simulated crash")
-
-    monkeypatch.setattr(trainer, "save_checkpoint", crash_after_epoch_2)
+    undo = crash_after(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
         fit(cfg, tmp_path / "resumed")
-    monkeypatch.setattr(trainer, "save_checkpoint", real_save)
+    undo()
     assert json.loads((tmp_path / "resumed" / "metrics.json").read_text())["final"]["epochs_done"] == 2
     resumed = fit(cfg, tmp_path / "resumed")
     keys = ("epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc")
