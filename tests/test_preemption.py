@@ -219,15 +219,17 @@ def test_cli_forwards_to_the_previous_handler_then_exits_4(tmp_path, capsys):
 
 def test_train_py_sigterm_mid_epoch_exits_4_and_resumes(tmp_path):
     """The real command: SIGTERM while it trains -> exit 4, one line on stderr; the same command completes it."""
-    over = TINY + ["train.epochs=2", "train.batch_size=8", "train.max_steps_per_epoch=100", "train.num_threads=1"]
+    # epochs of up to 179 batches; the periodic checkpoint after step 5 of epoch 1 says the loop is mid-epoch, with
+    # the rest of the epoch still to run (a fixed sleep raced a fast machine into the test pass)
+    over = TINY + ["train.epochs=2", "train.batch_size=8", "train.max_steps_per_epoch=null", "train.num_threads=1",
+                   "train.checkpoint_every_steps=5"]
     run_dir = tmp_path / "run"
     cmd = [sys.executable, "train.py", *over, f"hydra.run.dir={run_dir}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.monotonic() + 120
-    while not (run_dir / "metrics.json").exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.5)  # a few dozen steps into epoch 1 (an epoch takes about 2 s here)
+    while not (run_dir / CKPT_NAME).exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.002)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == EXIT_PREEMPTED, err[-2000:]
